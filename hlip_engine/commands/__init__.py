@@ -1,0 +1,1 @@
+"""One module per ``hlip`` subcommand (see :mod:`hlip_engine.cli`)."""
