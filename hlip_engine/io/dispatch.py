@@ -114,10 +114,13 @@ def discover_with_problems(path, progress: bool = False) -> tuple[list[StudyRef]
         if low.endswith(_NIFTI_SUFFIXES):
             nifti_folders.setdefault(parent, []).append(f)
         elif low.endswith(".pt"):
-            if parent not in checked:
-                checked.add(parent)
-                if _is_tensor_folder(Path(parent)):
-                    tensor_folders.append(parent)
+            from .tensors import tensor_study_folder
+
+            study_folder = str(tensor_study_folder(f))  # <study>/<scan>/img.pt belongs to <study>
+            if study_folder not in checked:
+                checked.add(study_folder)
+                if _is_tensor_folder(Path(study_folder)):
+                    tensor_folders.append(study_folder)
         else:
             dicom_files.append(f)
     headers, unreadable = scan_headers(dicom_files, progress=progress, discovery=True)

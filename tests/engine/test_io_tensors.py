@@ -101,3 +101,18 @@ def test_load_study_dispatches_tensor_folders(tmp_path):
     torch.save(torch.rand(3, 4, 5), tmp_path / "flair.pt")
     study = load_study(tmp_path)
     assert [s.description for s in study.scans] == ["flair"] and study.scans[0].attributes["hlip_tensor"] == "unit"
+
+
+def test_discover_finds_one_study_per_brainmri220k_folder(tmp_path):
+    """<study>/<scan>/img.pt: each study folder is one study, not each scan folder."""
+    from hlip_engine.io import discover
+
+    for study in ("s1", "s2"):
+        for scan in ("t1", "flair"):
+            (tmp_path / study / scan).mkdir(parents=True)
+            torch.save((torch.rand(8, 16, 16) * 255).to(torch.uint8), tmp_path / study / scan / "img.pt")
+    refs = discover(tmp_path)
+    assert sorted((r.uid, r.kind) for r in refs) == [("s1", "tensors"), ("s2", "tensors")]
+    from hlip_engine.io import load_study
+
+    assert len(load_study(refs[0]).scans) == 2
