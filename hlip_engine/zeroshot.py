@@ -1,0 +1,201 @@
+"""Zero-shot classification: text prompts become class vectors, a study's embedding scores against them.
+
+As the paper: per class, every template is filled with every prompt of the class, encoded and
+L2-normalised, averaged, and re-normalised; scores are ``exp(logit_scale) * image . class``.
+Two modes: ``softmax`` over the classes (Pub-Brain-5), or ``binary`` -- one (negative, positive) pair
+per class, probability = softmax over the pair's positive side (CT-RATE, RSNA / CQ500 style).
+Prompt sets are data: ``hlip_engine/data/prompt_sets.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+PROMPT_SETS = Path(__file__).with_name("data") / "prompt_sets.json"
+MAX_SCALE = 100.0  # the learned temperature is clamped here in training; same at inference
+
+
+@lru_cache(maxsize=1)
+def load_prompt_sets() -> dict:
+    sets = json.loads(PROMPT_SETS.read_text())
+    return {k: v for k, v in sets.items() if not k.startswith("_")}
+
+
+def prompt_set_names() -> list[str]:
+    return list(load_prompt_sets())
+
+
+def resolve_prompt_set(name: str) -> dict:
+    """A named set with ``same_as`` / ``drop_classes`` applied."""
+    sets = load_prompt_sets()
+    if name not in sets:
+        raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(sets)}")
+    spec = dict(sets[name])
+    if "same_as" in spec:
+        base = dict(resolve_prompt_set(spec.pop("same_as")))
+        drop = set(spec.pop("drop_classes", []))
+        for key in ("classes", "binary_prompts", "organ_of_class"):
+            if key in base:
+                base[key] = {c: v for c, v in base[key].items() if c not in drop}
+        base.update(spec)
+        spec = base
+    return spec
+
+
+@dataclass
+class Classifier:
+    """Class vectors ready to score embeddings.
+
+    softmax: weights [K, E]; binary: weights [K, 2, E] (negative, positive).
+    """
+
+    names: list[str]
+    mode: str
+    weights: torch.Tensor
+    scale: float
+
+    def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, E] or [E] L2-normalised embeddings -> probabilities [B, K] or [K]."""
+        emb = torch.as_tensor(embeddings, dtype=torch.float32)
+        single = emb.ndim == 1
+        emb = emb[None] if single else emb
+        if emb.shape[-1] != self.weights.shape[-1]:
+            raise ValueError(f"embedding size {emb.shape[-1]} does not match the classifier's "
+                             f"{self.weights.shape[-1]} (another model?)")
+        w = self.weights.to(emb.device)
+        if self.mode == "softmax":
+            probs = (self.scale * emb @ w.T).softmax(dim=-1)  # [B, K]
+        else:
+            logits = self.scale * torch.einsum("be,kse->bks", emb, w)  # [B, K, 2]
+            probs = logits.softmax(dim=-1)[..., 1]
+        return probs[0] if single else probs
+
+    def classify(self, embedding: torch.Tensor) -> dict[str, float]:
+        """One embedding [E] -> {class: probability} in class order."""
+        return dict(zip(self.names, self.probabilities(embedding).tolist()))
+
+
+def _fill(templates: list[str], prompts: list[str]) -> list[str]:
+    return [t.format(p) if "{}" in t else t.replace("{c}", p) for p in prompts for t in templates] \
+        if templates else list(prompts)
+
+
+@torch.no_grad()
+def class_vectors(model, groups: list[list[str]], batch: int = 128) -> torch.Tensor:
+    """Phrasings per class -> unit vectors [K, E]: mean of the normalised text embeddings, re-normalised.
+
+    All texts go through the text tower together, ``batch`` at a time.
+    """
+    flat = [t for g in groups for t in g]
+    emb = torch.cat([model.encode_text(flat[i:i + batch], normalize=True).float().cpu()
+                     for i in range(0, len(flat), batch)])  # [T, E]
+    out, start = [], 0
+    for g in groups:
+        out.append(F.normalize(emb[start:start + len(g)].mean(dim=0), dim=-1))
+        start += len(g)
+    return torch.stack(out)
+
+
+def build_classifier(model, prompt_set: str | dict | None = None, prompts=None, templates: list[str] | None = None,
+                     mode: str | None = None, template_set: str | None = None) -> Classifier:
+    """From a named prompt set, or free ``prompts``.
+
+    prompts: list[str] (one class each) or {class: str | [str, ...]} for softmax,
+             or {class: (negative, positive)} with ``mode="binary"``.
+    templates: e.g. ["This MRI study shows: {}."]; None = the set's templates, or the prompt as written.
+    template_set: for sets with organ templates (CT-RATE): a key such as "volume", or "organ".
+    """
+    if (prompt_set is None) == (prompts is None):
+        raise ValueError("give exactly one of prompt_set or prompts")
+    organ_of = {}
+    if prompt_set is not None:
+        spec = resolve_prompt_set(prompt_set) if isinstance(prompt_set, str) else dict(prompt_set)
+        set_templates = spec.get("templates") or []
+        if isinstance(set_templates, dict):
+            key = template_set or ("volume" if "volume" in set_templates else next(iter(set_templates)))
+            if key == "organ":
+                organ_of = {c: set_templates[o] for c, o in spec.get("organ_of_class", {}).items()}
+                set_templates = next(iter(spec["templates"].values()))
+            elif key not in set_templates:
+                raise ValueError(f"template set {key!r} not in {list(set_templates)} (or 'organ')")
+            else:
+                set_templates = set_templates[key]
+        templates = templates if templates is not None else set_templates
+        if mode is None:
+            mode = "binary" if "binary_prompts" in spec and "classes" not in spec else "softmax"
+        prompts = spec.get("binary_prompts") if mode == "binary" else spec.get("classes")
+        if prompts is None:
+            raise ValueError(f"prompt set has no {'binary_prompts' if mode == 'binary' else 'classes'} for "
+                             f"mode {mode!r}")
+    mode = mode or "softmax"
+    if mode not in ("softmax", "binary"):
+        raise ValueError(f"unknown mode {mode!r}: 'softmax' or 'binary'")
+    if isinstance(prompts, (list, tuple)):
+        if mode == "binary":
+            raise ValueError("binary mode needs {class: (negative prompt, positive prompt)}")
+        prompts = {p: [p] for p in prompts}
+    if not prompts:
+        raise ValueError("no prompts given")
+    templates = list(templates or [])
+    names, groups = [], []
+    for name, value in prompts.items():
+        tpl = organ_of.get(name, templates)
+        if mode == "binary":
+            if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                raise ValueError(f"binary class {name!r} needs (negative, positive) prompts, got {value!r}")
+            groups += [_fill(tpl, [value[0]]), _fill(tpl, [value[1]])]
+        else:
+            groups.append(_fill(tpl, [value] if isinstance(value, str) else list(value)))
+        names.append(str(name))
+    if mode == "softmax" and len(names) < 2:
+        raise ValueError("softmax over one class is always 1: give two or more prompts (or use binary mode)")
+    weights = class_vectors(model, groups)  # [K, E] or [2K, E]
+    if mode == "binary":
+        weights = weights.reshape(len(names), 2, -1)  # (negative, positive) per class
+    scale = float(model.logit_scale.detach().exp().clamp(max=MAX_SCALE))
+    return Classifier(names, mode, weights, scale)
+
+
+def text_bars(probs: dict[str, float], width: int = 30) -> str:
+    """A plain-text table: class, probability, bar."""
+    if not probs:
+        return ""
+    pad = max(len(n) for n in probs)
+    lines = []
+    for name, p in probs.items():
+        fill = int(round(max(0.0, min(1.0, p)) * width))
+        lines.append(f"{name:<{pad}}  {p:6.3f}  {'#' * fill}{'.' * (width - fill)}")
+    return "\n".join(lines)
+
+
+def bar_chart(probs: dict[str, float], path: str | os.PathLike, title: str = "",
+              xlabel: str = "probability") -> Path:
+    """Horizontal bar chart PNG of class probabilities (headless matplotlib), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    names, values = list(probs)[::-1], list(probs.values())[::-1]
+    fig = Figure(figsize=(6, 0.45 * len(names) + 1.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(names, values, color="#3b7dd8")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    for y, v in enumerate(values):
+        ax.text(min(v + 0.01, 0.9), y, f"{v:.2f}", va="center", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
