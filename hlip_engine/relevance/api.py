@@ -1,0 +1,106 @@
+"""``relevance(model, study_input, "glioma")``: where in a whole study the model sees a prompt.
+
+One call = one no-grad forward of the study (with hooks for the hierarchy views) + a backward through
+the CLS token's own path (see last_block.py). The text side is a constant: the prompt (or several
+phrasings, or templates filled with it) is encoded, L2-normalised, averaged and re-normalised exactly
+as a zero-shot classifier builds a class embedding, so the map explains the logit zero-shot reports.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .hierarchy import CLSAttentionRecorder
+from .last_block import last_block_relevance
+from .maps import Relevance, scan_volumes
+
+
+def prompt_embedding(model, prompt: str | Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+    """Prompt text -> [E] L2-normalised: mean of the normalised embeddings of every phrasing x template."""
+    phrases = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not phrases or any(not isinstance(p, str) or not p.strip() for p in phrases):
+        raise ValueError(f"the prompt must be non-empty text, got {prompt!r}")
+    if templates:
+        bad = [t for t in templates if "{}" not in t and "{c}" not in t]
+        if bad:
+            raise ValueError(f"templates need a '{{}}' (or '{{c}}') where the prompt goes: {bad}")
+        phrases = [t.replace("{c}", "{}").format(p) for p in phrases for t in templates]
+    with torch.no_grad():
+        emb = model.encode_text(phrases, normalize=True).float()  # [T, E]
+    return F.normalize(emb.mean(dim=0), dim=0)
+
+
+def _study_tensor(inputs, device) -> tuple[torch.Tensor, object | None]:
+    """PreparedStudy or [1, N, 1, D, H, W] -> (tensor on device, prepared or None)."""
+    prepared = None
+    if hasattr(inputs, "tensor") and hasattr(inputs, "to_scan"):
+        prepared, x = inputs, torch.as_tensor(inputs.tensor)[None]
+    elif isinstance(inputs, (torch.Tensor, np.ndarray)):
+        x = torch.as_tensor(inputs)
+    else:
+        raise ValueError(f"relevance needs a PreparedStudy or a tensor [1, N, 1, D, H, W], got {type(inputs).__name__}")
+    if x.ndim != 6 or x.shape[0] != 1 or x.shape[2] != 1:
+        raise ValueError(f"relevance explains one study: expected a tensor [1, N, 1, D, H, W], got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("the study tensor holds NaN or infinite values")
+    return x.to(device=device, dtype=torch.float32), prepared
+
+
+def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templates: Sequence[str] | None = None,
+              text_embedding: torch.Tensor | None = None, blocks: Sequence[int] = (), output: int = 0,
+              volumes: bool = True) -> Relevance:
+    """Explain ``prompt`` on one study with the official HLIP relevance, exactly, in O(tokens) memory.
+
+    model          : HLIPModel (``create_model`` / ``load_model``); run on its device, bf16 forward on CUDA
+                     when the model says so (``model.autocast_dtype``), the gradient path in fp32.
+    inputs         : PreparedStudy (then ``.volumes`` holds maps on each source scan's voxels) or [1, N, 1, D, H, W].
+    prompt         : text (or several phrasings, averaged); ``templates`` like "This MRI study shows: {}.".
+    text_embedding : [E] instead of a prompt (e.g. a zero-shot class embedding already built).
+    blocks         : blocks whose CLS attention to record as hierarchy views (e.g. ``range(depth)``).
+    output         : which embedding to explain (2026 models: 0 = sentence head, as zero-shot; 1 = report head).
+    """
+    visual = model.visual
+    device = next(visual.parameters()).device
+    x, prepared = _study_tensor(inputs, device)
+    if text_embedding is None:
+        if prompt is None:
+            raise ValueError("relevance needs a prompt (or a text_embedding)")
+        text = prompt_embedding(model, prompt, templates)
+    else:
+        text = F.normalize(torch.as_tensor(text_embedding).float().reshape(-1), dim=0)
+    if text.numel() != model.embed_dim:
+        raise ValueError(f"text embedding has {text.numel()} values, the model's embedding has {model.embed_dim}")
+    text = text.to(device)
+    if output == 1 and getattr(model, "logit_bias", None) is not None:
+        scale = model.logit_bias.detach().exp()  # the 2026 report head's own scale
+    else:
+        scale = model.logit_scale.detach().exp()
+    amp = getattr(model, "autocast_dtype", None) if device.type == "cuda" else None
+
+    was_training = visual.training
+    visual.eval()
+    try:
+        with CLSAttentionRecorder(visual, blocks) as recorder:
+            res = last_block_relevance(visual, x, text, scale, output=output, autocast_dtype=amp)
+    finally:
+        visual.train(was_training)
+
+    tokens = res.image_tokens().float().cpu().numpy()  # [N, d, h, w]
+    d = tokens.shape[1]
+    big_d = x.shape[3]
+    centres = ((np.arange(d) + 0.5) * big_d / d).astype(int)
+    text_label = prompt if isinstance(prompt, str) else ("; ".join(prompt) if prompt else "<embedding>")
+    rel = Relevance(
+        tokens=tokens, prompt=text_label, logit=float(res.logit), patch_size=tuple(visual.cfg.patch_size),
+        model_grid=tuple(int(s) for s in x.shape[3:]), last_level=res.level,
+        scan_indices=list(prepared.scan_indices) if prepared is not None else None,
+        hierarchy=recorder.views(res.layout),
+        slab_images=x[0, :, 0, centres].float().cpu().numpy(),  # [N, d, H, W]
+        meta={"labels": list(getattr(prepared, "labels", []) or [])} if prepared is not None else {},
+    )
+    if prepared is not None and volumes:
+        rel.volumes, rel.volume_scans = scan_volumes(tokens, prepared)
+    return rel

@@ -1,0 +1,126 @@
+"""Relevance maps to files a radiologist can open anywhere: NIfTI overlays, a PNG montage, a JSON summary.
+
+NIfTI: one file per source scan, on that scan's own voxel grid. ``Scan.affine`` maps (column, row, slice)
+to LPS millimetres; NIfTI wants RAS, so x and y flip sign, and the array is written (column, row, slice)
+so that the NIfTI voxel axes are the ones the affine describes. Any viewer then overlays it on the
+scan's DICOM/NIfTI without resampling.
+
+Montage: one row per model scan, one column per token slab, sampled at the slab centre (what the
+official demo shows), the map thresholded and coloured over the grey model input. The colour scale is
+shared by the whole study (normalised by the study maximum), so a pale scan is a scan the model did
+not use, not an artefact of per-image stretching.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .maps import Relevance
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SCANS_PER_PAGE = 12  # a 40-scan study gives 4 readable pages rather than one poster
+
+
+def _safe_name(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())
+    return keep.strip("_")[:40] or "scan"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp{os.getpid()}.{path.name}")  # keeps the suffix: writers pick the format by it
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_nifti(volume: np.ndarray, scan, path: str | Path) -> Path:
+    """One map shaped like ``scan.voxels`` (slices, rows, columns) -> ``path`` (.nii or .nii.gz), RAS affine."""
+    import nibabel as nib
+
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.shape != tuple(scan.voxels.shape):
+        raise ValueError(f"{path}: map shape {volume.shape} differs from the scan's voxels {scan.voxels.shape}")
+    path = Path(path)
+    img = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), LPS_TO_RAS @ scan.affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"HLIP relevance"
+    _atomic_write(path, lambda p: nib.save(img, str(p)))
+    return path
+
+
+def save_montage(rel: Relevance, path: str | Path, *, threshold: float = 0.25, scans: list[int] | None = None,
+                 labels: list[str] | None = None) -> Path:
+    """PNG: rows = model scans (``scans``, default all), columns = slab centres; overlay where map >= threshold.
+
+    Needs ``rel.slab_images`` (set by :func:`relevance`): the grey model input at each slab centre.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if rel.slab_images is None:
+        raise ValueError("this relevance carries no images to draw on (slab_images is None)")
+    scans = list(range(rel.tokens.shape[0])) if scans is None else scans
+    centres = rel.slab_centres
+    overlays = {i: rel.upsampled(i)[centres] for i in scans}  # [d, H, W] each
+    vmax = max(float(o.max()) for o in overlays.values()) or 1.0
+    importance = rel.scan_importance
+    d = len(centres)
+    fig, axes = plt.subplots(len(scans), d, figsize=(1.9 * d, 2.0 * len(scans)), squeeze=False)
+    for r, i in enumerate(scans):
+        for c in range(d):
+            ax = axes[r, c]
+            ax.imshow(rel.slab_images[i, c], cmap="gray")
+            m = overlays[i][c] / vmax
+            ax.imshow(np.ma.masked_less(m, threshold), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"slice {centres[c]}", fontsize=8)
+        name = labels[r] if labels else f"scan {i}"
+        axes[r, 0].set_ylabel(f"{name}\n{100 * importance[i]:.1f}%", fontsize=8)
+    fig.suptitle(f"relevance: {rel.prompt!r}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
+    plt.close(fig)
+    return path
+
+
+def export(rel: Relevance, out_dir: str | Path, *, study=None, threshold: float = 0.25) -> list[Path]:
+    """Write ``relevance.json``, ``montage[_k].png`` and, with ``study``, one ``scanNN_<desc>.nii.gz`` per used scan."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    labels = [f"{i}: {name}" for i, name in enumerate(rel.meta.get("labels") or [])] or None
+    if labels is None and study is not None and rel.scan_indices is not None:
+        labels = [f"{i}: {_safe_name(study.scans[k].description or f'scan {k}')}"
+                  for i, k in enumerate(rel.scan_indices)]
+    summary = rel.summary()
+    if study is not None and rel.volumes is not None:
+        files = []
+        for k, vol in zip(rel.volume_scans, rel.volumes):
+            scan = study.scans[k]
+            p = out / f"scan{k:02d}_{_safe_name(scan.description or scan.series_uid or 'scan')}.nii.gz"
+            written.append(save_nifti(vol, scan, p))
+            files.append(p.name)
+        summary["nifti"] = files
+    if rel.slab_images is not None:
+        n = rel.tokens.shape[0]
+        pages = [list(range(s, min(s + SCANS_PER_PAGE, n))) for s in range(0, n, SCANS_PER_PAGE)]
+        for j, page in enumerate(pages):
+            name = "montage.png" if len(pages) == 1 else f"montage_{j + 1}.png"
+            written.append(save_montage(rel, out / name, threshold=threshold, scans=page,
+                                        labels=[labels[i] for i in page] if labels else None))
+        summary["montage"] = [p.name for p in written if p.suffix == ".png"]
+    js = out / "relevance.json"
+    _atomic_write(js, lambda p: p.write_text(json.dumps(summary, indent=1)))
+    written.append(js)
+    return written

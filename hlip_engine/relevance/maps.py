@@ -1,0 +1,139 @@
+"""What a relevance map says, in a radiologist's units: tokens, scans, slices, and each scan's own voxels.
+
+The model sees a study as ``N`` model scans, each a grid of ``d x h x w`` tokens (a token covers one patch of
+``pd x ph x pw`` voxels of the model grid). Everything here starts from that token grid and summarises it:
+
+- ``scan_importance``: the share of the study's relevance that falls on each model scan (sums to 1);
+- ``slice_profiles``: per model scan, the relevance of each token slab (one slab = ``pd`` model slices);
+- ``volumes``: the token map taken back through the preprocessing onto each source scan's own voxel grid
+  (``PreparedStudy.to_scan``), so a viewer can overlay it with the scan's true geometry.
+
+Head CT feeds one source series as several model scans (one per window: blood, brain, bone). Their maps
+are combined per source scan with the voxel-wise **maximum**: a finding that lights up in any window stays
+visible, and the maximum keeps the scale of a single map (a sum would favour series with more windows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class HierarchyView:
+    """Where the CLS token(s) of one block look, averaged over heads.
+
+    level : "slice" (a CLS copy per slab of each scan), "scan" (one per scan) or "study" (one CLS).
+    tokens: [N, d, h, w]; each image token holds the attention its own unit's CLS copy pays to it, so each
+            unit's tokens sum to at most 1 (the rest goes to prefix tokens).
+    prefix: [U, P] attention each unit's CLS pays to the prefix tokens (itself, register tokens).
+    """
+
+    block: int
+    level: str
+    tokens: np.ndarray
+    prefix: np.ndarray
+
+
+@dataclass
+class Relevance:
+    """Relevance of every image token of one study for one prompt (official HLIP recipe, computed in O(N)).
+
+    tokens          : [N, d, h, w] float32 >= 0, cam = mean_heads max(dlogit/dA * A, 0) on the CLS row(s)
+                      of the last block.
+    scan_importance : [N] share of the total relevance per model scan (sums to 1; zeros if all relevance is 0).
+    slice_profiles  : [N, d] relevance summed over each token slab of each model scan.
+    volumes         : one float32 array per used source scan, shaped like ``Study.scans[k].voxels``
+                      (``volume_scans[i]`` = k), or None when the input was a bare tensor.
+    logit           : exp(logit_scale) * image . text for the prompt (the number that was differentiated).
+    hierarchy       : the CLS attention of the blocks asked for (``blocks=`` in :func:`relevance`).
+    """
+
+    tokens: np.ndarray
+    prompt: str
+    logit: float
+    patch_size: tuple[int, int, int]
+    model_grid: tuple[int, int, int]  # (D, H, W) of one model scan
+    last_level: str = "study"
+    scan_indices: list[int] | None = None  # model scan -> source scan index (PreparedStudy.scan_indices)
+    volumes: list[np.ndarray] | None = None
+    volume_scans: list[int] | None = None
+    hierarchy: list[HierarchyView] = field(default_factory=list)
+    slab_images: np.ndarray | None = None  # [N, d, H, W] model input at each slab centre (for montages)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scan_importance(self) -> np.ndarray:
+        return scan_importance(self.tokens)
+
+    @property
+    def slice_profiles(self) -> np.ndarray:
+        return self.tokens.sum(axis=(2, 3))  # [N, d]
+
+    @property
+    def slab_centres(self) -> np.ndarray:
+        """Model-grid slice index at the centre of each token slab, [d] (where the montage samples)."""
+        d = self.tokens.shape[1]
+        return ((np.arange(d) + 0.5) * self.model_grid[0] / d).astype(int)
+
+    def volume_slice_profiles(self) -> list[np.ndarray]:
+        """Per source scan, the relevance summed over each of its own slices (``[slices]``)."""
+        return [v.sum(axis=(1, 2)) for v in (self.volumes or [])]
+
+    def peak_slices(self) -> list[int]:
+        """Per source scan, the slice holding the most relevance: where a viewer should jump to."""
+        return [int(np.argmax(p)) if p.size else 0 for p in self.volume_slice_profiles()]
+
+    def upsampled(self, i: int) -> np.ndarray:
+        """Model scan ``i``'s token map resized to the model grid [D, H, W] (trilinear, as the official demo)."""
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(self.tokens[i]))[None, None]
+        return F.interpolate(t, size=self.model_grid, mode="trilinear", align_corners=False)[0, 0].numpy()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly numbers (what ``hlip attention`` writes beside the images)."""
+        out: dict[str, Any] = {
+            "prompt": self.prompt,
+            "logit": self.logit,
+            "token_grid": list(self.tokens.shape),
+            "patch_size": list(self.patch_size),
+            "model_grid": list(self.model_grid),
+            "last_block_level": self.last_level,
+            "scan_importance": [round(float(x), 6) for x in self.scan_importance],
+            "slice_profiles": [[round(float(x), 8) for x in row] for row in self.slice_profiles],
+        }
+        if self.scan_indices is not None:
+            out["scan_indices"] = list(self.scan_indices)
+        if self.volume_scans is not None:
+            out["volume_scans"] = list(self.volume_scans)
+            out["peak_slices"] = self.peak_slices()
+        out.update(self.meta)
+        return out
+
+
+def scan_importance(tokens: np.ndarray) -> np.ndarray:
+    mass = tokens.reshape(tokens.shape[0], -1).sum(axis=1).astype(np.float64)  # [N]
+    total = mass.sum()
+    return (mass / total if total > 0 else np.zeros_like(mass)).astype(np.float32)
+
+
+def scan_volumes(tokens: np.ndarray, prepared) -> tuple[list[np.ndarray], list[int]]:
+    """Token maps [N, d, h, w] -> one map per used source scan on its voxel grid (max over its model scans).
+
+    ``prepared.to_scan(map, i)`` undoes model scan ``i``'s preprocessing (crop, resize, reorientation)
+    from any grid covering the model grid; the token grid is passed directly, so the upsampling is the
+    same trilinear interpolation the official demo applies, done once on the source grid.
+    """
+    indices = [int(k) for k in prepared.scan_indices]
+    if len(indices) != tokens.shape[0]:
+        raise ValueError(f"relevance has {tokens.shape[0]} model scans but the prepared study maps "
+                         f"{len(indices)} (scan_indices={indices})")
+    order = list(dict.fromkeys(indices))  # source scans, in first-use order
+    volumes: dict[int, np.ndarray] = {}
+    for i, k in enumerate(indices):
+        v = np.asarray(prepared.to_scan(tokens[i], i), dtype=np.float32)
+        volumes[k] = v if k not in volumes else np.maximum(volumes[k], v)
+    return [volumes[k] for k in order], order
