@@ -65,14 +65,38 @@ class PreparedStudy:
                 f"scans={self.scan_indices})")
 
 
+AUTO = "auto"  # a recipe name meaning: choose per study with recipe_for (e.g. a model for MR and head CT)
+GRID_OPTIONS = ("slices", "size", "crop")  # the model's input grid, kept when another recipe is chosen
+
+
+def model_recipe(preprocess_config: dict | None, recipe: str | None = None) -> tuple[str, dict]:
+    """(recipe, options) that prepare studies for a model whose config holds ``preprocess_config``.
+
+    ``preprocess_config`` is the model's ``{"recipe": name or "auto", "slices": ..., ...}``; ``recipe``
+    overrides its recipe, keeping only the model's input grid (the other recipe's extras do not apply).
+    """
+    pre = dict(preprocess_config or {})
+    default = pre.pop("recipe", None) or AUTO
+    chosen = recipe or default
+    if chosen != default:
+        known = set(GRID_OPTIONS) if chosen == AUTO else set(get_recipe(chosen).defaults)
+        pre = {k: v for k, v in pre.items() if k in GRID_OPTIONS and k in known}
+    return chosen, pre
+
+
 def preprocess(study: Study, recipe: str | Recipe | None = None, **options) -> PreparedStudy:
-    """Every scan of ``study`` through ``recipe`` (default: :func:`recipe_for`); see the module docstring.
+    """Every scan of ``study`` through ``recipe`` (default or "auto": :func:`recipe_for`); see the module docstring.
 
     options override the recipe's defaults, e.g. ``slices=144`` (the paper's test-time depth) or
     ``slices=16, size=40, crop=32`` for a tiny model. Raises ValueError naming the study and scan for
     an empty study, a scan of another modality, empty or non-finite voxels.
     """
-    spec = get_recipe(recipe if recipe is not None else recipe_for(study))
+    if recipe is None or recipe == AUTO:
+        spec = get_recipe(recipe_for(study))
+        # a model's input grid applies to whichever recipe the study gets; drop grid keys it lacks
+        options = {k: v for k, v in options.items() if k in spec.defaults or k not in GRID_OPTIONS}
+    else:
+        spec = get_recipe(recipe)
     opts = spec.options(**options)
     name = study.uid or study.source or "study"
     if not study.scans:

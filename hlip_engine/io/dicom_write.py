@@ -152,7 +152,7 @@ def _save(ds, path: Path, stored: np.ndarray, transfer_syntax: str) -> None:
     if ts.is_compressed:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.PixelData = stored.tobytes()
-        ds.compress(ts, stored, encoding_plugin="")  # pydicom's own RLE encoder or the installed pylibjpeg
+        ds.compress(ts, stored, encoding_plugin="", generate_instance_uid=False)  # pydicom's own RLE encoder or the installed pylibjpeg
         ds.file_meta.TransferSyntaxUID = ts
     else:
         ds.PixelData = stored.tobytes() if ts.is_little_endian else stored.byteswap().tobytes()
@@ -206,7 +206,8 @@ def write_dicom_series(scan: Scan, out_dir: str | Path, *, study_uid: str, serie
     for k in range(voxels.shape[0]):
         ds = base  # one dataset, updated per slice and written at once: no deep copy per file
         position = slice_position(scan.affine, k)
-        sop_uid = _uid()
+        # deterministic when the caller fixed the series UID (reproducible phantoms), else fresh
+        sop_uid = _uid(series_uid, "instance", k) if scan.series_uid else _uid()
         ds.file_meta = _file_meta(sop_class, sop_uid, transfer_syntax)
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = k + 1

@@ -141,17 +141,9 @@ class HLIPModel(nn.Module):
     # -- studies -----------------------------------------------------------------------------------
     def prepare(self, study, recipe: str | None = None, **options):
         """Study -> PreparedStudy with this model's recipe and input size (options override them)."""
-        from hlip_engine.preprocess import preprocess
-        from hlip_engine.recipes import get_recipe
+        from hlip_engine.preprocess import model_recipe, preprocess
 
-        pre = dict(self.config.get("preprocess") or {})
-        default_recipe = pre.pop("recipe", None)
-        recipe = recipe or default_recipe
-        if recipe is None:
-            raise ValueError(f"model {self.config.get('name')!r} names no preprocessing recipe: pass recipe=")
-        if recipe != default_recipe:  # keep the model's input size, not the other recipe's extras
-            known = set(get_recipe(recipe).defaults)
-            pre = {k: v for k, v in pre.items() if k in ("slices", "size", "crop") and k in known}
+        recipe, pre = model_recipe(self.config.get("preprocess"), recipe)
         return preprocess(study, recipe, **{**pre, **options})
 
     @torch.no_grad()
