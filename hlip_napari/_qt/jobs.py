@@ -1,0 +1,119 @@
+"""Running engine work off the Qt thread: napari thread workers with progress, cancel and plain errors.
+
+A job is a generator function that yields short progress messages (one per step) and returns its
+result; the viewer never waits for it. Errors become napari notifications that say what to do.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Generator
+from typing import Any
+
+from hlip_engine.study import StudyLoadError
+
+SWITCH_INTERVAL = 0.001  # s
+
+
+def advice(exc: BaseException) -> str:
+    """What the radiologist can do about an error, in one sentence."""
+    if isinstance(exc, StudyLoadError):
+        return "Choose a folder holding one study (DICOM files, a DICOMDIR, NIfTI files or HLIP .pt tensors)."
+    if isinstance(exc, FileNotFoundError):
+        return "Check the path in the widget (model checkpoint, text model folder or index folder)."
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "Use the CPU device, or a study with fewer scans."
+    if isinstance(exc, ValueError):
+        return "Check the inputs named in the message."
+    return "See the terminal for the traceback, and report it if the inputs look right."
+
+
+def follow(widget, emitter, callback) -> None:
+    """Connect ``callback`` to a napari/psygnal ``emitter`` until ``widget`` is destroyed.
+
+    Widgets close before the viewer (a dock closed by the user, a test tearing down); without this, the
+    viewer's events would call into a deleted Qt object.
+    """
+    emitter.connect(callback)
+
+    def _drop(*_args):
+        try:
+            emitter.disconnect(callback)
+        except (RuntimeError, ValueError, TypeError):
+            pass
+
+    widget.destroyed.connect(_drop)
+
+
+class Job:
+    """One running worker owned by a widget: start, cancel, and route its results and errors."""
+
+    def __init__(self, title: str, on_busy: Callable[[bool], None] | None = None):
+        self.title = title
+        self.worker = None
+        self._on_busy = on_busy
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, func: Callable[..., Generator[str, None, Any]], *args, steps: int,
+              on_done: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
+              progress: bool = True, **kwargs) -> Any:
+        """Run ``func(*args, **kwargs)`` (a generator of progress messages) in a thread worker.
+
+        ``progress=False`` skips the activity-panel bar: for jobs of milliseconds (a search once the model
+        and index are loaded) its widgets would cost more than the job.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            self.cancel()
+        # While a worker runs pure-Python model code it holds the GIL, and every Python call the Qt thread
+        # makes waits up to one switch interval (5 ms by default) for it: a dock repaint of a few hundred
+        # such calls then stalls the viewer for half a second. A shorter interval keeps the GUI fluid.
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        worker = create_worker(func, *args, _start_thread=False,
+                               _connect={"errored": lambda exc: self._errored(exc, on_error)}, **kwargs)
+        if progress:
+            # the activity-panel bar is built now, before the worker competes for the GIL (napari would
+            # build it on the worker's "started" signal, while the worker is busy)
+            from napari.utils import progress as napari_progress
+
+            pbar = napari_progress(total=steps, desc=self.title)
+            worker.pbar = pbar
+            worker.yielded.connect(lambda msg: (pbar.increment_with_overflow(),
+                                                pbar.set_description(f"{self.title}: {msg}")))
+            worker.finished.connect(pbar.close)
+        worker.returned.connect(on_done)
+        worker.finished.connect(lambda w=worker: self._finished(w))
+        self.worker = worker
+        if self._on_busy:
+            self._on_busy(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at its next step; its result is dropped."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            try:
+                worker.returned.disconnect()
+            except (TypeError, RuntimeError):  # nothing connected, or already finished
+                pass
+            worker.quit()
+        if self._on_busy:
+            self._on_busy(False)
+
+    def _finished(self, worker) -> None:
+        if worker is self.worker:
+            self.worker = None
+            if self._on_busy:
+                self._on_busy(False)
+
+    def _errored(self, exc: BaseException, on_error) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"{self.title} failed: {exc}\n{advice(exc)}")
+        if on_error is not None:
+            on_error(exc)

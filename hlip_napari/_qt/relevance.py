@@ -1,0 +1,228 @@
+"""Relevance map: where in the open study the model sees a prompt, as one overlay per scan.
+
+``hlip_engine.attention.relevance`` does the work (the official HLIP method, in O(tokens) memory) and
+maps it back onto each scan's own voxels; this view only normalises it for display, draws it, charts
+the scan importance and moves the viewer to the most relevant slice.
+"""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import (
+    SCAN_KEY,
+    go_to,
+    open_study,
+    relevance_colormap,
+    relevance_layer_data,
+    scan_layers,
+    scan_name,
+)
+from .._session import MODELS
+from .jobs import Job
+from .model_panel import ModelBox
+from .plot import BarChart, render_bars
+
+COLORMAPS = ("HLIP (transparent to yellow)", "inferno", "turbo", "magma", "red")
+
+
+def relevance_job(settings, study, prompt: str, templates: list[str] | None, chart_width: int = 420):
+    """Worker: the engine's Relevance for ``prompt`` on ``study`` (maps on each scan's voxels), the maps
+    normalised to the study's maximum, and the scan-importance chart (all off the Qt thread)."""
+    yield "loading the model" if MODELS.peek(settings) is None else "model ready"
+    model = MODELS.get(settings)
+    yield "preparing the study"
+    prepared = model.prepare(study)
+    yield "computing relevance"
+    from hlip_engine.attention import relevance
+
+    rel = relevance(model, prepared, prompt, templates=templates or None)
+    yield "drawing"
+    top = max((float(v.max()) for v in rel.volumes or [] if v.size), default=0.0)
+    scale = 1.0 / top if top > 0 else 1.0
+    volumes = [np.asarray(v, dtype=np.float32) * scale for v in rel.volumes or []]
+    order, totals = per_scan(rel)
+    bars = render_bars([scan_name(study.scans[k], k) for k in order], totals, width_px=chart_width,
+                       highlight=int(np.argmax(totals)) if len(totals) else None)
+    return rel, volumes, bars
+
+
+def per_scan(rel) -> tuple[list[int], np.ndarray]:
+    """Scan importance summed over the model scans of each source scan (head CT: 3 windows per series)."""
+    importance = np.asarray(rel.scan_importance, dtype=np.float64)
+    sources = list(rel.scan_indices) if rel.scan_indices is not None else list(range(len(importance)))
+    order = list(dict.fromkeys(int(k) for k in sources))
+    totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
+    return order, totals
+
+
+class RelevanceWidget(QWidget):
+    """Docked relevance maps. ``napari_viewer`` is injected by napari."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.result = None
+        self.study = None
+        self.layers: list = []
+        self.job = Job("Relevance", on_busy=self._set_busy)
+        self.model_box = ModelBox()
+
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("Finding to localise, e.g. glioma, then Enter")
+        self.prompt.returnPressed.connect(self.run)
+        self.template = QLineEdit()
+        self.template.setPlaceholderText("optional template, e.g. This MRI study shows: {}.")
+        form = QFormLayout()
+        form.addRow("Prompt", self.prompt)
+        form.addRow("Template", self.template)
+
+        self.run_button = QPushButton("Show where the model sees it")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.job.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+
+        self.colormap = QComboBox()
+        self.colormap.addItems(COLORMAPS)
+        self.colormap.currentTextChanged.connect(lambda _t: self.restyle())
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(60)
+        self.opacity.valueChanged.connect(lambda _v: self.restyle())
+        self.threshold = QSlider(Qt.Orientation.Horizontal)
+        self.threshold.setRange(0, 95)
+        self.threshold.setValue(20)
+        self.threshold.setToolTip("Hide relevance below this fraction of the study's maximum")
+        self.threshold.valueChanged.connect(lambda _v: self.restyle())
+        overlay = QFormLayout()
+        overlay.addRow("Colour map", self.colormap)
+        overlay.addRow("Opacity", self.opacity)
+        overlay.addRow("Threshold", self.threshold)
+
+        self.jump_button = QPushButton("Go to the most relevant slice")
+        self.jump_button.setEnabled(False)
+        self.jump_button.clicked.connect(self.go_to_peak)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.chart = BarChart(self)
+
+        self.setMinimumWidth(420)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_box)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addLayout(overlay)
+        layout.addWidget(self.jump_button)
+        layout.addWidget(self.status)
+        layout.addWidget(QLabel("Scan importance (share of relevance)"))
+        layout.addWidget(self.chart, 1)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self):
+        from napari.utils.notifications import show_warning
+
+        study = open_study(self.viewer)
+        if study is None:
+            show_warning("No study is open: open one in the Study browser (or File ▸ Open) first.")
+            return None
+        prompt = self.prompt.text().strip()
+        if not prompt:
+            show_warning("Type the finding to localise first, e.g. 'glioma'.")
+            return None
+        template = self.template.text().strip()
+        self.status.setText(f"Computing relevance of “{prompt}” …")
+        return self.job.start(relevance_job, self.model_box.settings(), study, prompt,
+                              [template] if template else None, self.chart.render_width(), steps=4,
+                              on_done=lambda r: self.show_result(study, *r),
+                              on_error=lambda _e: self.status.setText("Relevance failed (see the notification)."))
+
+    # --- showing -----------------------------------------------------------------------------------
+    def show_result(self, study, rel, volumes, bars) -> list:
+        """One overlay per scan (normalised to the study's maximum), the importance chart, the jump button."""
+        for layer in self.layers:  # replace the previous prompt's overlays
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.result, self.study, self.layers = rel, study, []
+        base = {layer.metadata[SCAN_KEY]: layer for layer in scan_layers(self.viewer, study)}
+        for k, volume in zip(rel.volume_scans or [], volumes):
+            data, kwargs, _kind = relevance_layer_data(study, k, volume, rel.prompt,
+                                                       threshold=self.threshold.value() / 100,
+                                                       opacity=self.opacity.value() / 100)
+            kwargs["visible"] = base[k].visible if k in base else True
+            layer = self.viewer.add_image(data, **kwargs)
+            if k in base:  # the overlay follows its scan's show/hide
+                scan_layer = base[k]
+                scan_layer.events.visible.connect(
+                    lambda _e, overlay=layer, scan=scan_layer: setattr(overlay, "visible", scan.visible))
+            self.layers.append(layer)
+        self.restyle()
+        self.chart.show_bars(bars)
+        self.jump_button.setEnabled(bool(self.layers))
+        self.status.setText(f"“{rel.prompt}”: logit {rel.logit:.2f}. Overlays are relative to this study's "
+                            "maximum; research use only.")
+        if self.layers:
+            self.viewer.layers.selection.active = self.layers[0]
+        return self.layers
+
+    def restyle(self) -> None:
+        """Apply the colour map, opacity and threshold to this prompt's overlays."""
+        name = self.colormap.currentText()
+        cmap = relevance_colormap() if name == COLORMAPS[0] else name
+        lo = self.threshold.value() / 100
+        for layer in self.layers:
+            layer.colormap = cmap
+            layer.opacity = self.opacity.value() / 100
+            layer.contrast_limits = (lo, 1.0)
+
+    def peak(self) -> tuple[int, np.ndarray] | None:
+        """(scan index, world point S,P,L) of the most relevant slice of the most important scan."""
+        rel, study = self.result, self.study
+        if rel is None or not rel.volumes:
+            return None
+        order, totals = per_scan(rel)
+        k = order[int(np.argmax(totals))]
+        volume = rel.volumes[list(rel.volume_scans).index(k)]
+        sl = int(np.argmax(volume.sum(axis=(1, 2))))  # the scan's own slice holding the most relevance
+        r, c = np.unravel_index(int(np.argmax(volume[sl])), volume.shape[1:])
+        return k, study.scans[k].world((sl, r, c))[::-1]
+
+    def go_to_peak(self) -> None:
+        """Show the most important scan in its own plane, at its most relevant slice."""
+        found = self.peak()
+        if found is None:
+            return
+        k, world = found
+        for layer in scan_layers(self.viewer, self.study):
+            layer.visible = layer.metadata[SCAN_KEY] == k
+        for layer in self.layers:
+            layer.visible = layer.metadata[SCAN_KEY] == k
+        scan = self.study.scans[k]
+        plane = scan.orientation if scan.orientation != "oblique" else "axial"
+        go_to(self.viewer, world, plane)
+        name = scan_name(scan, k)
+        self.status.setText(f"Most relevant: {name}, slice {self._slice_number(k, world)} ({plane}).")
+
+    def _slice_number(self, k: int, world) -> int:
+        scan = self.study.scans[k]
+        lps = np.append(np.asarray(world, dtype=float)[::-1], 1.0)
+        c, r, s, _ = np.linalg.solve(scan.affine, lps)
+        return int(round(s)) + 1

@@ -1,0 +1,245 @@
+"""Search studies: free text (or the open study) -> the closest studies of an index, ranked.
+
+The model and the index stay loaded (:mod:`hlip_napari._session`), so after the first query a search
+is one text encoding plus one FAISS lookup: tens of milliseconds, off the Qt thread.
+"""
+from __future__ import annotations
+
+import time
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import add_studies, open_study
+from .._session import INDEXES, MODELS, SETTINGS
+from .jobs import Job
+from .model_panel import ModelBox
+
+COLUMNS = ("Score", "Date", "Mod.", "Description", "Scans")
+
+
+def _field(row: dict, *names, default=""):
+    for name in names:
+        if row.get(name) not in (None, ""):
+            return row[name]
+    return default
+
+
+def _date(text: str) -> str:
+    text = str(text)
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def search_job(settings, index_path: str, query, k: int):
+    """Worker: encode the query (text, or a Study for "more like this"), look it up, return ranked rows."""
+    yield "loading the model" if MODELS.peek(settings) is None else "model ready"
+    model = MODELS.get(settings)
+    yield "opening the index" if INDEXES.peek(index_path) is None else "index ready"
+    index = INDEXES.get(index_path)
+    yield "searching"
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if isinstance(query, str):
+            if not query.strip():
+                raise ValueError("type what to look for, e.g. 'left frontal mass with surrounding oedema'")
+            # one short text gains nothing from more threads, and on a busy CPU OpenMP's spinning
+            # threads turn 20 ms into a second: encode it on one
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                vec = model.encode_text([query.strip()])
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            vec = model.encode_study(query)[None]
+    vec = vec.float().cpu().numpy()
+    exclude = []
+    if not isinstance(query, str):  # "more like this" never returns the study itself
+        found = index.find(study_uid=query.uid) if query.uid else None
+        exclude = [found] if found is not None else []
+    scores, ids = index.search(vec, k, exclude=exclude)
+    keep = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if int(i) >= 0]
+    rows = index.metadata([i for _s, i in keep]) if keep else []
+    return {"scores": [s for s, _i in keep], "rows": list(rows), "seconds": time.perf_counter() - t0,
+            "size": len(index)}
+
+
+def open_job(path: str):
+    yield f"reading {path}"
+    from .._reader import load_studies
+
+    return load_studies(path)
+
+
+class SearchWidget(QWidget):
+    """Docked search. ``napari_viewer`` is injected by napari."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.rows: list[dict] = []
+        self.scores: list[float] = []
+        self.job = Job("Search", on_busy=self._set_busy)
+        self.open = Job("Open study")
+        self.model_box = ModelBox()
+
+        self.index_edit = QLineEdit(SETTINGS.settings.index)
+        self.index_edit.setPlaceholderText("study index folder (hlip index build LIBRARY --index DIR)")
+        self.index_edit.editingFinished.connect(lambda: self.set_index(self.index_edit.text().strip()))
+        browse = QToolButton()
+        browse.setText("…")
+        browse.clicked.connect(self._browse_index)
+        index_row = QHBoxLayout()
+        index_row.addWidget(QLabel("Index"))
+        index_row.addWidget(self.index_edit, 1)
+        index_row.addWidget(browse)
+
+        self.query = QLineEdit()
+        self.query.setPlaceholderText("Describe what you look for, then Enter, e.g. acute left MCA stroke")
+        self.query.setClearButtonEnabled(True)
+        self.query.returnPressed.connect(self.search)
+        self.k = QSpinBox()
+        self.k.setRange(1, 500)
+        self.k.setValue(20)
+        self.k.setPrefix("top ")
+
+        self.like_button = QPushButton("More like the open study")
+        self.like_button.setToolTip("Find the studies whose embedding is closest to the study shown in the viewer")
+        self.like_button.clicked.connect(self.more_like_this)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.job.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.like_button, 1)
+        buttons.addWidget(self.k)
+        buttons.addWidget(self.cancel_button)
+
+        self.status = QLabel("Pick an index and a model, type a description, press Enter.")
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.table.setToolTip("Double-click a study to open it")
+        self.table.setWordWrap(False)
+        self.setMinimumWidth(440)
+        self.table.cellDoubleClicked.connect(lambda row, _col: self.open_result(row))
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_box)
+        layout.addLayout(index_row)
+        layout.addWidget(self.query)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table, 1)
+
+    # --- inputs ----------------------------------------------------------------------------------
+    def _browse_index(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Study index folder", self.index_edit.text())
+        if path:
+            self.set_index(path)
+
+    def set_index(self, path: str) -> None:
+        self.index_edit.setText(path)
+        SETTINGS.update(index=path)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.cancel_button.setEnabled(busy)
+        self.like_button.setEnabled(not busy)
+
+    # --- actions ---------------------------------------------------------------------------------
+    def search(self, text: str | None = None):
+        """Free-text search (the query box's text by default)."""
+        text = self.query.text() if text is None else text
+        if text != self.query.text():
+            self.query.setText(text)
+        if not text.strip():
+            self.status.setText("Type a description first, e.g. <i>left frontal mass with surrounding oedema</i>.")
+            return None
+        return self._run(text, f"“{text.strip()}”")
+
+    def more_like_this(self):
+        study = open_study(self.viewer)
+        if study is None:
+            from napari.utils.notifications import show_warning
+
+            show_warning("No study is open: open one (Study browser or double-click a result) first.")
+            return None
+        return self._run(study, f"studies like “{study.description or study.uid}”")
+
+    def _run(self, query, what: str):
+        self.status.setText(f"Searching {what} …")
+        self._asked = time.perf_counter()
+        settings, index = self.model_box.settings(), self.index_edit.text().strip()
+        loaded = MODELS.peek(settings) is not None and INDEXES.peek(index) is not None
+        return self.job.start(search_job, settings, index, query, self.k.value(), steps=3,
+                              progress=not (loaded and isinstance(query, str)), on_done=lambda r: self.show_results(r, what),
+                              on_error=lambda _e: self.status.setText("Search failed (see the notification)."))
+
+    def show_results(self, result: dict, what: str = "") -> None:
+        self.rows, self.scores = result["rows"], result["scores"]
+        table = self.table
+        header = table.horizontalHeader()
+        # per-cell ResizeToContents re-measures every column on every insert: fill first, measure once
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        table.setUpdatesEnabled(False)
+        try:
+            table.setRowCount(len(self.rows))
+            for r, (score, row) in enumerate(zip(self.scores, self.rows)):
+                n = _field(row, "n_scans", "scan_count", "scans")
+                cells = [f"{score:.3f}", _date(_field(row, "date", "study_date")), str(_field(row, "modality")),
+                         str(_field(row, "description", "study_description", default="(no description)")), str(n)]
+                tip = str(_field(row, "path", "source"))
+                for c, text in enumerate(cells):
+                    item = QTableWidgetItem(text)
+                    if c in (0, 4):
+                        item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    item.setToolTip(tip)
+                    table.setItem(r, c, item)
+            for c in (0, 1, 2, 4):
+                table.resizeColumnToContents(c)
+            header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        finally:
+            table.setUpdatesEnabled(True)
+        total = (time.perf_counter() - self._asked) * 1000 if hasattr(self, "_asked") else 0
+        self.last_ms = total
+        self.status.setText(f"{len(self.rows)} of {result['size']:,} studies for {what} "
+                            f"({result['seconds'] * 1000:.0f} ms search, {total:.0f} ms in all). "
+                            "Double-click to open.")
+
+    def open_result(self, row: int):
+        """Open a result study (loaded in a worker) into the viewer."""
+        if not 0 <= row < len(self.rows):
+            return None
+        path = str(_field(self.rows[row], "path", "source"))
+        if not path:
+            from napari.utils.notifications import show_warning
+
+            show_warning("This index row has no study path; rebuild the index with `hlip index build`.")
+            return None
+        self.status.setText(f"Opening {path} …")
+        return self.open.start(open_job, path, steps=1, on_done=lambda studies: self._opened(studies, path))
+
+    def _opened(self, studies, path: str) -> None:
+        add_studies(self.viewer, studies)
+        self.status.setText(f"Opened {path}")

@@ -1,0 +1,324 @@
+"""Study browser: open a study, see its scans (and what was skipped, and why), show/hide them, window them.
+
+The table mirrors the viewer's scan layers of the open study; the viewer stays the one source of truth.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import (
+    PLANES,
+    SCAN_KEY,
+    STUDY_KEY,
+    add_studies,
+    auto_limits,
+    open_study,
+    scan_layers,
+    show_plane,
+    window_limits,
+    window_presets,
+)
+from .jobs import Job, follow
+
+THUMB = 56  # px
+MR_AUTO = "MR auto (0.5-99.5 %)"
+COLUMNS = ("Show", "#", "Description", "Mod.", "Size", "Spacing mm", "Plane")
+
+
+def thumbnail(voxels: np.ndarray, limits: tuple[float, float]) -> QIcon:
+    """The middle slice in the scan's own plane, windowed, as a small icon (a PACS series strip)."""
+    sl = np.asarray(voxels[voxels.shape[0] // 2])
+    step = max(1, max(sl.shape) // THUMB)
+    sl = sl[::step, ::step]
+    lo, hi = limits
+    img = np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1)
+    img = np.ascontiguousarray((img * 255).astype(np.uint8))
+    qimg = QImage(img.data, img.shape[1], img.shape[0], img.strides[0], QImage.Format.Format_Grayscale8)
+    return QIcon(QPixmap.fromImage(qimg.copy()))
+
+
+def _short(item: str, root: str) -> str:
+    """A skipped file named relative to the study folder (the full path stays in the tooltip)."""
+    try:
+        return str(Path(item).relative_to(root)) if root else item
+    except ValueError:
+        return item
+
+
+def _spacing_text(spacing) -> str:
+    return "×".join(f"{s:.3g}" for s in spacing)
+
+
+def load_study_job(path: str):
+    """Worker: the studies at ``path`` (usually one), loaded by the engine."""
+    yield f"reading {path}"
+    from .._reader import load_studies
+
+    return load_studies(path)
+
+
+class StudyBrowser(QWidget):
+    """Docked study browser. ``napari_viewer`` is injected by napari."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.study = None
+        self._layers: list = []
+        self._updating = False
+        self.job = Job("Open study", on_busy=self._set_busy)
+
+        self.open_button = QPushButton("Open study folder…")
+        self.open_button.setToolTip("A folder with DICOM files (any depth, with or without DICOMDIR), "
+                                    "NIfTI files or HLIP .pt tensors")
+        self.open_button.clicked.connect(self._choose_folder)
+        self.file_button = QPushButton("Open file…")
+        self.file_button.setToolTip("A DICOMDIR, a .nii/.nii.gz file or one DICOM file of the study")
+        self.file_button.clicked.connect(self._choose_file)
+        self.title = QLabel("No study open")
+        self.title.setWordWrap(True)
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setIconSize(QSize(THUMB, THUMB))
+        self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(30)
+        self.table.setWordWrap(True)
+        self.setMinimumWidth(480)
+        self.table.setToolTip("Tick to show a scan; double-click to show only that scan")
+        self.table.itemChanged.connect(self._item_changed)
+        self.table.itemSelectionChanged.connect(self._row_selected)
+        self.table.cellDoubleClicked.connect(self._show_only)
+
+        self.window = QComboBox()
+        for name, p in window_presets().items():
+            self.window.addItem(f"CT {name}  (W {p['width']:g} / L {p['level']:g})", name)
+        self.window.addItem(MR_AUTO, MR_AUTO)
+        self.window.setToolTip("Window/level for the selected scans (all shown scans when none is selected)")
+        self.window.activated.connect(lambda _i: self.apply_window(self.window.currentData()))
+        window_row = QHBoxLayout()
+        window_row.addWidget(QLabel("Window"))
+        window_row.addWidget(self.window, 1)
+        plane_row = QHBoxLayout()
+        plane_row.addWidget(QLabel("View"))
+        for plane in PLANES:
+            button = QPushButton(plane.capitalize())
+            button.setToolTip(f"{plane.capitalize()} view, hung as radiologists read it")
+            button.clicked.connect(lambda _c=False, p=plane: show_plane(self.viewer, p))
+            plane_row.addWidget(button)
+
+        self.skipped = QTableWidget(0, 2)
+        self.skipped.setHorizontalHeaderLabels(("Skipped item", "Reason"))
+        self.skipped.verticalHeader().setVisible(False)
+        self.skipped.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.skipped.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.skipped.horizontalHeader().setStretchLastSection(True)
+        self.skipped.setWordWrap(True)
+        skipped_box = QGroupBox("Skipped while loading")
+        QVBoxLayout(skipped_box).addWidget(self.skipped)
+        self.skipped_box = skipped_box
+        skipped_box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.file_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addWidget(self.title)
+        layout.addWidget(self.table, 3)
+        layout.addLayout(window_row)
+        layout.addLayout(plane_row)
+        layout.addWidget(skipped_box, 1)
+
+        events = self.viewer.layers.events
+        follow(self, events.inserted, self._schedule_refresh)
+        follow(self, events.removed, self._schedule_refresh)
+        follow(self, self.viewer.layers.selection.events.active, self._schedule_refresh)
+        self.refresh()
+
+    # --- opening -------------------------------------------------------------------------------
+    def _choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a study folder")
+        if path:
+            self.open_path(path)
+
+    def _choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a study file", "",
+                                              "Studies (DICOMDIR *.dcm *.nii *.nii.gz);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str):
+        """Load the study at ``path`` in a worker, then add its scans as layers."""
+        self.title.setText(f"Opening {path} …")
+        return self.job.start(load_study_job, str(path), steps=1, on_done=self.add_studies,
+                              on_error=lambda _e: self.refresh())
+
+    def add_studies(self, studies) -> list:
+        """Add each study's scans to the viewer (first scan shown, the others ticked off)."""
+        added = add_studies(self.viewer, studies)
+        self.refresh()
+        return added
+
+    def _set_busy(self, busy: bool) -> None:
+        self.open_button.setEnabled(not busy)
+        self.file_button.setEnabled(not busy)
+
+    # --- mirroring the viewer ------------------------------------------------------------------
+    def _schedule_refresh(self, *_args) -> None:
+        if not self._updating:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild both tables from the viewer's layers of the open study."""
+        study = open_study(self.viewer)
+        layers = scan_layers(self.viewer, study) if study is not None else []
+        self._show_window_of(self.viewer.layers.selection.active)
+        if study is self.study and layers == self._layers:
+            self._sync_checks()
+            return
+        self.study, self._layers = study, layers
+        self._updating = True
+        try:
+            self._fill(study, layers)
+        finally:
+            self._updating = False
+
+    def _fill(self, study, layers) -> None:
+        self.table.setRowCount(0)
+        self.skipped.setRowCount(0)
+        if study is None:
+            self.skipped_box.setVisible(False)
+            self.title.setText("No study open. Open a folder, drop one on the viewer, or File ▸ Open Sample "
+                               "▸ HLIP Explorer.")
+            self.skipped_box.setTitle("Skipped while loading")
+            return
+        date = study.date
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 else date
+        self.title.setText(f"<b>{study.description or 'Study'}</b>  {date}  {study.modality}  "
+                           f"· {len(study.scans)} scans, {len(study.skipped)} skipped")
+        for layer in layers:
+            self._widen_range(layer)
+            scan = study.scans[layer.metadata[SCAN_KEY]]
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            show = QTableWidgetItem()
+            show.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+            show.setCheckState(Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
+            show.setIcon(thumbnail(scan.voxels, tuple(layer.contrast_limits)))
+            cells = [show, QTableWidgetItem("" if scan.series_number is None else str(scan.series_number)),
+                     QTableWidgetItem(scan.description), QTableWidgetItem(scan.modality),
+                     QTableWidgetItem("×".join(str(s) for s in scan.shape)),
+                     QTableWidgetItem(_spacing_text(scan.spacing)), QTableWidgetItem(scan.orientation)]
+            cells[2].setToolTip(f"{layer.name}\n{scan.source}\ncontrast: {layer.metadata.get('contrast', '')}")
+            cells[4].setToolTip("slices x rows x columns")
+            cells[5].setToolTip("slice x row x column spacing")
+            for col, item in enumerate(cells):
+                self.table.setItem(row, col, item)
+            follow(self, layer.events.visible, self._sync_checks)
+        self.skipped_box.setTitle(f"Skipped while loading ({len(study.skipped)})")
+        self.skipped_box.setVisible(bool(study.skipped))
+        for item, reason in study.skipped:
+            row = self.skipped.rowCount()
+            self.skipped.insertRow(row)
+            self.skipped.setItem(row, 0, QTableWidgetItem(_short(str(item), study.source)))
+            self.skipped.setItem(row, 1, QTableWidgetItem(str(reason)))
+            self.skipped.item(row, 0).setToolTip(str(item))
+            self.skipped.item(row, 1).setToolTip(str(reason))
+        self.skipped.resizeColumnToContents(0)
+        self.skipped.setColumnWidth(0, min(self.skipped.columnWidth(0), 220))
+
+    def _show_window_of(self, layer) -> None:
+        """Let the window box name the active scan's window (CT preset or MR auto)."""
+        contrast = (getattr(layer, "metadata", None) or {}).get("contrast", "")
+        name = contrast[3:] if contrast.startswith("CT ") else contrast
+        i = self.window.findData(MR_AUTO if contrast.startswith("auto") else name)
+        if i >= 0:
+            self.window.setCurrentIndex(i)
+
+    @staticmethod
+    def _widen_range(layer) -> None:
+        """Let the contrast slider span the scan's values, not just its opening window."""
+        lo, hi = layer.metadata.get("value_range", layer.contrast_limits)
+        cl = layer.contrast_limits
+        layer.contrast_limits_range = (min(lo, cl[0]), max(hi, cl[1]))
+
+    def _sync_checks(self, *_args) -> None:
+        self._updating = True
+        try:
+            for row, layer in enumerate(self._layers):
+                item = self.table.item(row, 0)
+                if item is not None:
+                    item.setCheckState(Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
+        finally:
+            self._updating = False
+
+    # --- actions ---------------------------------------------------------------------------------
+    def _item_changed(self, item) -> None:
+        if self._updating or item.column() != 0 or item.row() >= len(self._layers):
+            return
+        self._layers[item.row()].visible = item.checkState() == Qt.CheckState.Checked
+
+    def _row_selected(self) -> None:
+        if self._updating:
+            return
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        chosen = [self._layers[r] for r in rows if r < len(self._layers)]
+        if chosen:
+            self._updating = True
+            try:
+                self.viewer.layers.selection.clear()
+                self.viewer.layers.selection.update(chosen)
+                self.viewer.layers.selection.active = chosen[0]
+            finally:
+                self._updating = False
+
+    def _show_only(self, row: int, _col: int = 0) -> None:
+        """Double-click: this scan alone, as a radiologist flips through series."""
+        for i, layer in enumerate(self._layers):
+            layer.visible = i == row
+        self._sync_checks()
+
+    def selected_layers(self) -> list:
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        chosen = [self._layers[r] for r in rows if r < len(self._layers)]
+        return chosen or [layer for layer in self._layers if layer.visible]
+
+    def apply_window(self, name: str, layers=None) -> None:
+        """Set a CT preset (HU) or MR percentile auto-contrast on the chosen scans."""
+        for layer in layers if layers is not None else self.selected_layers():
+            study = layer.metadata.get(STUDY_KEY)
+            if name == MR_AUTO:
+                limits = auto_limits(study.scans[layer.metadata[SCAN_KEY]].voxels)
+            else:
+                limits = window_limits(name)
+            layer.contrast_limits_range = (min(layer.contrast_limits_range[0], limits[0]),
+                                           max(layer.contrast_limits_range[1], limits[1]))
+            layer.contrast_limits = limits
+            layer.metadata["contrast"] = "auto (0.5-99.5 %)" if name == MR_AUTO else f"CT {name}"

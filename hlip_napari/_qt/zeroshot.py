@@ -1,0 +1,241 @@
+"""Zero-shot prompts: how likely each finding is in the open study, from a paper prompt set or free text.
+
+The prompts and templates shown in the editors are exactly what runs (a prompt set only fills them in):
+``hlip_engine.zeroshot.build_classifier`` turns them into class vectors; the study embedding is computed
+once per study and model.
+"""
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import open_study
+from .._session import MODELS
+from .jobs import Job
+from .model_panel import ModelBox
+from .plot import BarChart, render_bars
+
+FREE = "Free prompts"
+MODES = {"softmax": "One of these (softmax over classes)", "binary": "Each finding yes/no (negative | positive)"}
+FREE_EXAMPLE = "Normal: No significant abnormalities\nStroke: Acute stroke\nGlioma\nMeningioma\nMetastasis"
+FREE_TEMPLATES = "This MRI study shows: {}."
+
+
+def prompt_sets() -> dict:
+    """The paper's prompt sets (the engine's JSON), read without importing torch into the GUI thread."""
+    import json
+    from importlib import resources
+
+    text = resources.files("hlip_engine").joinpath("data/prompt_sets.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def resolve_set(name: str) -> dict:
+    """A set with ``same_as``/``drop_classes`` applied (as ``hlip_engine.zeroshot.resolve_prompt_set``)."""
+    spec = dict(prompt_sets()[name])
+    if "same_as" in spec:
+        base = resolve_set(spec.pop("same_as"))
+        drop = set(spec.pop("drop_classes", []))
+        for key in ("classes", "binary_prompts", "organ_of_class"):
+            if key in base:
+                base[key] = {c: v for c, v in base[key].items() if c not in drop}
+        spec = {**base, **spec}
+    return spec
+
+
+def set_to_text(name: str) -> tuple[str, str, str]:
+    """A paper prompt set as editor text: (mode, prompt lines, template lines)."""
+    spec = resolve_set(name)
+    templates = spec.get("templates") or []
+    if isinstance(templates, dict):  # CT-RATE: per-organ templates; the editor shows the whole-volume ones
+        templates = templates.get("volume") or next(iter(templates.values()))
+    if "classes" in spec:
+        lines = [f"{c}: {' | '.join(p)}" if list(p) != [c] else c for c, p in spec["classes"].items()]
+        return "softmax", "\n".join(lines), "\n".join(templates)
+    lines = [f"{c}: {neg} | {pos}" for c, (neg, pos) in spec["binary_prompts"].items()]
+    return "binary", "\n".join(lines), "\n".join(templates)
+
+
+def parse_prompts(text: str, mode: str) -> dict:
+    """Editor lines -> {class: [phrasings]} (softmax) or {class: (negative, positive)} (binary).
+
+    ``Class: phrasing 1 | phrasing 2`` or just ``phrasing``; binary lines are ``Class: negative | positive``.
+    """
+    out: dict = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":") if ":" in line else (line, "", line)
+        name = name.strip()
+        parts = [p.strip() for p in rest.split("|") if p.strip()]
+        if mode == "binary":
+            if len(parts) != 2:
+                raise ValueError(f"prompt line {n} ({line!r}): binary mode needs 'Finding: negative | positive'")
+            out[name] = (parts[0], parts[1])
+        else:
+            if not parts:
+                raise ValueError(f"prompt line {n} ({line!r}) has no prompt after ':'")
+            out[name] = parts
+    if not out:
+        raise ValueError("no prompts: write one finding per line")
+    if mode == "softmax" and len(out) < 2:
+        raise ValueError("softmax needs two or more prompts (or switch to yes/no mode)")
+    return out
+
+
+def parse_templates(text: str) -> list[str]:
+    templates = [t.strip() for t in text.splitlines() if t.strip()]
+    bad = [t for t in templates if "{}" not in t and "{c}" not in t]
+    if bad:
+        raise ValueError(f"template {bad[0]!r} has no {{}} where the prompt goes")
+    return templates
+
+
+def zeroshot_job(settings, study, prompts: dict, templates: list[str], mode: str, chart_width: int = 420):
+    """Worker: probabilities {class: p} for the study, and their bar chart (rendered here, off the Qt thread)."""
+    yield "loading the model" if MODELS.peek(settings) is None else "model ready"
+    MODELS.get(settings)
+    yield "encoding the study"
+    embedding = MODELS.study_embedding(settings, study)
+    yield "encoding the prompts"
+    import torch
+
+    from hlip_engine.zeroshot import build_classifier
+
+    with torch.inference_mode():
+        classifier = build_classifier(MODELS.get(settings), prompts=prompts, templates=templates, mode=mode)
+        probs = classifier.classify(embedding)
+    yield "drawing"
+    names = list(probs)
+    best = max(probs, key=probs.get) if probs else None
+    bars = render_bars(names, list(probs.values()), width_px=chart_width,
+                       highlight=names.index(best) if best is not None else None,
+                       title="P(finding present)" if mode == "binary" else "Probability (sums to 100 %)")
+    return probs, bars
+
+
+class ZeroShotWidget(QWidget):
+    """Docked zero-shot classifier. ``napari_viewer`` is injected by napari."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.results: dict[str, float] = {}
+        self.job = Job("Zero-shot", on_busy=self._set_busy)
+        self.model_box = ModelBox()
+
+        self.prompt_set = QComboBox()
+        self.prompt_set.addItem(FREE)
+        self.prompt_set.addItems(list(prompt_sets()))
+        self.prompt_set.setToolTip("Prompt sets of the HLIP paper fill the editors below; edit them freely")
+        self.prompt_set.currentTextChanged.connect(self.use_prompt_set)
+        self.mode = QComboBox()
+        for key, label in MODES.items():
+            self.mode.addItem(label, key)
+        self.prompts = QPlainTextEdit(FREE_EXAMPLE)
+        self.prompts.setToolTip("One finding per line: 'Name: phrasing | other phrasing', or just the phrasing.\n"
+                                "Yes/no mode: 'Name: negative prompt | positive prompt'.")
+        self.templates = QPlainTextEdit(FREE_TEMPLATES)
+        self.templates.setToolTip("One template per line; {} is replaced by each prompt, results averaged")
+        self.templates.setMaximumHeight(48)
+        self.prompts.setMaximumHeight(120)
+        form = QFormLayout()
+        form.addRow("Prompt set", self.prompt_set)
+        form.addRow("Mode", self.mode)
+        form.addRow("Prompts", self.prompts)
+        form.addRow("Templates", self.templates)
+
+        self.run_button = QPushButton("Classify the open study")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.job.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(("Finding", "Probability"))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.chart = BarChart(self)
+
+        self.setMinimumWidth(420)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_box)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.chart, 1)
+
+    def use_prompt_set(self, name: str) -> None:
+        if name == FREE:
+            return
+        mode, prompts, templates = set_to_text(name)
+        self.mode.setCurrentIndex(self.mode.findData(mode))
+        self.prompts.setPlainText(prompts)
+        self.templates.setPlainText(templates)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def run(self):
+        """Classify the open study with the prompts as edited."""
+        from napari.utils.notifications import show_warning
+
+        study = open_study(self.viewer)
+        if study is None:
+            show_warning("No study is open: open one in the Study browser (or File ▸ Open) first.")
+            return None
+        mode = self.mode.currentData()
+        try:
+            prompts = parse_prompts(self.prompts.toPlainText(), mode)
+            templates = parse_templates(self.templates.toPlainText())
+        except ValueError as e:
+            show_warning(f"{e}")
+            return None
+        self.status.setText(f"Classifying “{study.description or study.uid}” …")
+        self._mode = mode
+        return self.job.start(zeroshot_job, self.model_box.settings(), study, prompts, templates, mode,
+                              self.chart.render_width(), steps=4, on_done=lambda r: self.show_results(*r),
+                              on_error=lambda _e: self.status.setText("Zero-shot failed (see the notification)."))
+
+    def show_results(self, probs: dict[str, float], bars) -> None:
+        self.results = dict(probs)
+        self.table.setRowCount(len(probs))
+        best = max(probs, key=probs.get) if probs else None
+        for r, (name, p) in enumerate(probs.items()):
+            name_item = QTableWidgetItem(name)
+            p_item = QTableWidgetItem(f"{p:.1%}")
+            p_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            if name == best:
+                font = name_item.font()
+                font.setBold(True)
+                name_item.setFont(font)
+                p_item.setFont(font)
+            self.table.setItem(r, 0, name_item)
+            self.table.setItem(r, 1, p_item)
+        binary = getattr(self, "_mode", "softmax") == "binary"
+        self.chart.show_bars(bars)
+        self.status.setText("Not for diagnosis: model probabilities for research use."
+                            if not binary else "Yes/no probability per finding. Not for diagnosis.")

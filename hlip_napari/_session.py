@@ -1,0 +1,126 @@
+"""What the plugin keeps loaded between clicks: the model and the study index (no Qt here).
+
+Loading a checkpoint or a 100,000-study index takes seconds; a search must answer in milliseconds.
+So both are loaded once (in a worker thread) and kept until their settings change. One store per
+process: every widget and every viewer share the same loaded model.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+
+from psygnal import Signal
+
+from .settings import ModelSettings
+
+
+class SettingsHub:
+    """The current model settings, shared by every widget's model panel and saved on each change."""
+
+    changed = Signal(object)  # ModelSettings
+
+    def __init__(self) -> None:
+        self._settings: ModelSettings | None = None
+
+    @property
+    def settings(self) -> ModelSettings:
+        if self._settings is None:
+            self._settings = ModelSettings.load()
+        return self._settings
+
+    def update(self, **values) -> None:
+        current = self.settings
+        if all(getattr(current, k) == v for k, v in values.items()):
+            return
+        for k, v in values.items():
+            setattr(current, k, v)
+        current.save()
+        self.changed.emit(current)
+
+    def reload(self) -> None:
+        """Forget the in-memory copy (tests point the config folder elsewhere)."""
+        self._settings = None
+        self.changed.emit(self.settings)
+
+
+class ModelStore:
+    """The loaded model, keyed by (checkpoint, text model, device); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._model = None
+        self._embeddings: dict[int, tuple] = {}  # id(study) -> (weakref to study, embedding [E])
+
+    def peek(self, settings: ModelSettings):
+        return self._model if self._key == settings.key() else None
+
+    def get(self, settings: ModelSettings):
+        """The model for ``settings``, loading it (slow, call from a worker) when not loaded yet."""
+        if not settings.checkpoint:
+            raise FileNotFoundError("no model checkpoint chosen: pick one in the Model section of the widget")
+        if not Path(settings.checkpoint).exists():
+            raise FileNotFoundError(f"model checkpoint not found: {settings.checkpoint}")
+        with self._lock:
+            if self._key != settings.key():
+                from hlip_engine import load_model
+
+                device = None if settings.device == "auto" else settings.device
+                self._model = None  # free the old one first: two ViTs may not fit
+                self._embeddings.clear()
+                self._model = load_model(settings.checkpoint, text_model=settings.text_model or None, device=device)
+                self._key = settings.key()
+            return self._model
+
+    def study_embedding(self, settings: ModelSettings, study):
+        """The loaded model's embedding [E] of ``study``, computed once per study (zero-shot reruns are instant)."""
+        model = self.get(settings)
+        hit = self._embeddings.get(id(study))
+        if hit is not None and hit[0]() is study:
+            return hit[1]
+        import torch
+
+        with torch.inference_mode():
+            emb = model.encode_study(study)
+        self._embeddings[id(study)] = (weakref.ref(study), emb)
+        return emb
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._model = None, None
+            self._embeddings.clear()
+
+
+class IndexStore:
+    """The opened study index, keyed by its folder."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._path: str | None = None
+        self._index = None
+
+    def peek(self, path: str):
+        return self._index if path and self._path == str(path) else None
+
+    def get(self, path: str):
+        if not path:
+            raise FileNotFoundError("no study index chosen: pick an index folder (built with `hlip index build`)")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"study index folder not found: {path}")
+        with self._lock:
+            if self._path != str(path):
+                from hlip_engine.index import StudyIndex
+
+                self._index = StudyIndex.open(path)
+                self._path = str(path)
+            return self._index
+
+    def clear(self) -> None:
+        with self._lock:
+            self._path, self._index = None, None
+
+
+SETTINGS = SettingsHub()
+MODELS = ModelStore()
+INDEXES = IndexStore()

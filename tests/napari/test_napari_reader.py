@@ -1,0 +1,110 @@
+"""The reader: cheap claims, real DICOM read back, scans placed in patient space, CT/MR contrast."""
+from __future__ import annotations
+
+import numpy as np
+from napari_helpers import write_two_plane_study
+
+from hlip_napari._layers import orientation_of, window_limits
+from hlip_napari._reader import get_reader
+
+
+def test_get_reader_claims_studies_and_declines_the_rest(tmp_path):
+    folder, _marker, _ax = write_two_plane_study(tmp_path / "study")
+    assert get_reader(str(folder)) is not None  # nested series folders, files named *.dcm
+    one = next((folder / "ax").iterdir())
+    extensionless = folder / "ax" / "IM0001"  # PACS exports often have no extension
+    one.rename(extensionless)
+    assert get_reader(str(extensionless)) is not None
+    assert get_reader([str(folder)]) is not None
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.bin").write_bytes(b"\0" * 300)
+    for path in (tmp_path / "notes.txt", tmp_path / "empty", tmp_path / "junk", tmp_path / "missing",
+                 [str(tmp_path / "junk"), str(folder)]):
+        assert get_reader(str(path) if not isinstance(path, list) else path) is None
+    assert get_reader(12345) is None  # never raises, whatever napari passes
+
+
+def test_two_orientation_study_lands_in_the_same_place(tmp_path, make_napari_viewer):
+    """Axial + sagittal reformat of one volume: a marked voxel has one world position in both layers."""
+    folder, marker, axial = write_two_plane_study(tmp_path / "study")
+    layer_data = get_reader(str(folder))(str(folder))
+    assert len(layer_data) == 2
+    viewer = make_napari_viewer()
+    layers = [viewer.add_image(data, **kwargs) for data, kwargs, kind in layer_data if kind == "image"]
+    by_plane = {layer.metadata["orientation"]: layer for layer in layers}
+    assert set(by_plane) == {"axial", "sagittal"}
+    expected = axial.world(marker)[::-1]  # LPS -> napari world (S, P, L)
+    for plane, layer in by_plane.items():
+        found = np.unravel_index(int(np.argmax(layer.data)), layer.data.shape)  # the marker's voxel
+        world = np.asarray(layer.data_to_world(found), dtype=float)
+        np.testing.assert_allclose(world, expected, atol=1e-3, err_msg=f"{plane} layer misplaces the marker")
+        # world-aligned axes: napari slices them without "non-orthogonal" approximation
+        lin = np.asarray(layer.affine.linear_matrix)
+        assert np.allclose(lin, np.diag(np.diag(lin)), atol=1e-6) and (np.diag(lin) > 0).all()
+    # the sagittal series is stored (x, -z, y): its layer is a view of the same voxels, reordered
+    sag = by_plane["sagittal"]
+    np.testing.assert_array_equal(np.asarray(sag.data), np.asarray(by_plane["axial"].data))
+    # a head CT opens in the brain window (W80/L40), with HU metadata attached
+    assert tuple(sag.contrast_limits) == window_limits("Brain") == (0.0, 80.0)
+    assert sag.metadata["modality"] == "CT" and sag.metadata["series_number"] == 3
+    assert sag.metadata["series_description"] == "HEAD SAG" and sag.name == "3 HEAD SAG"
+    assert [layer.visible for layer in layers] == [True, False]  # one scan at a time: they overlap
+
+
+def test_orientation_of_oblique_scan_keeps_exact_world_positions():
+    """A 20-degree oblique scan: the reoriented layer maps every voxel where the scan's affine does."""
+    from hlip_engine.study import Scan
+
+    t = np.deg2rad(20)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 1.1, 4.0])
+    affine[:3, 3] = (5, -7, 30)
+    scan = Scan(voxels=np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7), affine=affine)
+    o = orientation_of(scan)
+    data = o.apply(scan.voxels)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = tuple(int(rng.integers(0, n)) for n in data.shape)
+        src = np.argwhere(scan.voxels == data[idx])[0]
+        np.testing.assert_allclose((o.affine @ np.array([*idx, 1.0]))[:3], scan.world(src)[::-1], atol=1e-9)
+
+
+def test_nifti_file_opens_as_one_scan(tmp_path):
+    import nibabel as nib
+
+    vol = np.zeros((20, 22, 18), dtype=np.float32)  # RAS (x, y, z)
+    vol[4, 5, 6] = 100.0
+    aff = np.diag([1.5, 1.5, 3.0, 1.0])
+    aff[:3, 3] = (-10, -12, -20)
+    path = tmp_path / "t2.nii.gz"
+    nib.save(nib.Nifti1Image(vol, aff), path)
+    reader = get_reader(str(path))
+    assert reader is not None
+    (data, kwargs, kind), = reader(str(path))
+    idx = np.unravel_index(int(np.argmax(data)), data.shape)
+    world = (kwargs["affine"] @ np.array([*idx, 1.0]))[:3]
+    ras = aff @ np.array([4, 5, 6, 1.0])
+    np.testing.assert_allclose(world, [ras[2], -ras[1], -ras[0]], atol=1e-4)  # (S, P, L) = (z, -y, -x)
+    assert kind == "image" and kwargs["metadata"]["contrast"].startswith("auto")
+
+
+def test_hlip_tensor_folder_opens_one_layer_per_scan(tmp_path):
+    """The official processed layout: <study>/<scan>.pt, float [D, H, W] in [0, 1]."""
+    import torch
+
+    study = tmp_path / "BraTS-case"
+    study.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("t1", "flair"):
+        torch.save(torch.from_numpy(rng.random((12, 20, 16), dtype=np.float32)), study / f"{name}.pt")
+    for path in (study, study / "t1.pt"):
+        reader = get_reader(str(path))
+        assert reader is not None
+        layers = reader(str(path))
+        assert len(layers) == 2
+        assert {tuple(d.shape) for d, _k, _t in layers} == {(12, 20, 16)}
+        assert all(k["metadata"]["contrast"].startswith("auto") for _d, k, _t in layers)
