@@ -1,0 +1,296 @@
+"""Index a library of studies with a model: discover -> load + preprocess (worker processes) -> encode -> store.
+
+The same function runs alone or under torchrun (each rank embeds its shard, rank 0 merges and
+publishes; see shard.py). Everything finished is durable (build_store.py): kill -9 at any moment,
+then ``--resume`` continues with the studies not yet indexed or skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .files import IndexFormatError
+from .metadata import normalise_date
+from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
+from .store import StudyIndex
+
+
+def study_key(ref) -> str:
+    """What a resumed build recognises a study by: where it lives + its StudyInstanceUID."""
+    return f"{ref.source}#{ref.uid}"
+
+
+def model_fingerprint(checkpoint: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a checkpoint folder's weight files (2026 Hugging Face layout)."""
+    path = Path(checkpoint)
+    h = hashlib.sha256()
+    weights = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    for p in weights:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            while block := f.read(8 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def preprocess_options(config: dict, recipe: str | None) -> tuple[str, dict]:
+    """The recipe and options the model was trained with (as ``HLIPModel.prepare`` chooses them)."""
+    from hlip_engine.recipes import get_recipe
+
+    pre = dict(config.get("preprocess") or {})
+    default = pre.pop("recipe", None)
+    recipe = recipe or default
+    if recipe is None:
+        raise ValueError(f"model {config.get('name')!r} names no preprocessing recipe: pass --recipe")
+    if recipe != default:  # keep the model's input size, not the other recipe's extras
+        known = set(get_recipe(recipe).defaults)
+        pre = {k: v for k, v in pre.items() if k in ("slices", "size", "crop") and k in known}
+    return recipe, pre
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def prepare_study(ref, recipe: str, options: dict) -> dict[str, Any]:
+    """Load + preprocess one study (runs in a worker process). Never raises: a failure is a skip reason."""
+    from hlip_engine.io import load_study
+    from hlip_engine.preprocess import preprocess
+
+    meta = {"key": study_key(ref), "path": ref.source, "study_uid": ref.uid, "date": ref.date,
+            "modality": ref.modality.split("/")[0], "description": ref.description}
+    try:
+        study = load_study(ref)
+        prepared = preprocess(study, recipe, **options)
+    except Exception as e:  # noqa: BLE001 - one bad study must not stop a million-study build
+        kind = "" if isinstance(e, ValueError | OSError) else f"{type(e).__name__}: "
+        return {"meta": meta, "tensor": None, "reason": kind + _one_line(e)}
+    meta.update(study_uid=study.uid or ref.uid, description=study.description or ref.description,
+                modality=(study.modality or meta["modality"]).split("/")[0], n_scans=len(study.scans),
+                model_scans=int(prepared.tensor.shape[0]), skipped_parts=len(study.skipped),
+                patient=study.patient)
+    try:
+        meta["date"] = normalise_date(study.date or ref.date)
+    except ValueError:
+        meta["date"], meta["date_raw"] = "", str(study.date)
+    return {"meta": meta, "tensor": prepared.tensor, "reason": ""}
+
+
+class _Library:
+    """A torch Dataset over study references, so DataLoader workers load and preprocess in parallel."""
+
+    def __init__(self, refs: list, recipe: str, options: dict):
+        self.refs, self.recipe, self.options = refs, recipe, options
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return prepare_study(self.refs[i], self.recipe, self.options)
+
+
+def _as_is(item):
+    return item
+
+
+@dataclass
+class BuildReport:
+    library: str
+    index: str
+    discovered: int = 0
+    already_done: int = 0
+    indexed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run, this rank
+    total_indexed: int = 0
+    total_skipped: int = 0
+    seconds: float = 0.0
+    published: str = ""  # version name, "" when this rank did not publish
+    index_type: str = ""
+    error: str = ""
+    rank: int = 0
+
+    def lines(self, max_skipped: int = 50) -> list[str]:
+        rate = self.indexed / self.seconds if self.seconds else 0.0
+        out = [f"{self.discovered} studies found under {self.library}; {self.already_done} done in earlier runs; "
+               f"indexed {self.indexed}, skipped {len(self.skipped)} in {self.seconds:.1f} s ({rate:.2f} studies/s)"]
+        for path, reason in self.skipped[:max_skipped]:
+            out.append(f"  skipped {path}: {reason}")
+        if len(self.skipped) > max_skipped:
+            out.append(f"  ... and {len(self.skipped) - max_skipped} more skipped")
+        if self.published:
+            out.append(f"{self.index}: {self.total_indexed} studies searchable ({self.index_type}), "
+                       f"{self.total_skipped} skipped in total; published version {self.published}")
+        return out
+
+
+def build_library(library: str | Path, checkpoint: str | Path, index_dir: str | Path, *, recipe: str | None = None,
+                  workers: int = 2, resume: bool = False, rebuild: bool = False, keep_identifiers: bool = False,
+                  batch_size: int = 4, device: str | None = None, index_type: str = "auto", progress: bool = True,
+                  flush_every: int = 256, flush_seconds: float = 30.0, log=print) -> BuildReport:
+    """Embed every study under ``library`` with ``checkpoint`` into the index at ``index_dir``; see module doc."""
+    ranks = Ranks.from_env()
+    group = Group(ranks)
+    try:
+        return _build(Path(library), Path(checkpoint), Path(index_dir), ranks, group, recipe=recipe,
+                      workers=workers, resume=resume, rebuild=rebuild, keep_identifiers=keep_identifiers,
+                      batch_size=batch_size, device=device, index_type=index_type, progress=progress,
+                      flush_every=flush_every, flush_seconds=flush_seconds, log=log)
+    finally:
+        group.close()
+
+
+def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, rebuild, keep_identifiers,
+           batch_size, device, index_type, progress, flush_every, flush_seconds, log) -> BuildReport:
+    import torch
+
+    from hlip_engine.io import discover
+    from hlip_engine.model import load_model
+
+    t0 = time.time()
+    report = BuildReport(str(library), str(root), rank=ranks.rank)
+    say = log if ranks.rank == 0 else (lambda msg: None)
+
+    # 1. rank 0 finds the studies (headers only) and tells the others
+    found: Any = None
+    if ranks.rank == 0:
+        try:
+            if not Path(checkpoint).exists():
+                raise FileNotFoundError(f"{checkpoint}: no such model checkpoint")
+            refs = discover(library.resolve(), progress=progress)  # absolute paths: keys survive a cd
+            found = refs if refs else f"{library}: no studies found (empty library?)"
+        except (ValueError, OSError) as e:
+            found = str(e)
+    found = group.broadcast(found)
+    if isinstance(found, str):
+        raise ValueError(found)
+    refs = found
+    report.discovered = len(refs)
+
+    # 2. the model, and the identity its embeddings are recorded with
+    if device is None and ranks.distributed and torch.cuda.is_available():
+        device = f"cuda:{ranks.local_rank}"
+    model = load_model(checkpoint, device=device)
+    recipe, options = preprocess_options(model.config, recipe)
+    ident = dict(dim=int(model.embed_dim), model_id=checkpoint.name, model_hash=model_fingerprint(checkpoint),
+                 architecture=str(model.config.get("name", "")), recipe=recipe, keep_identifiers=keep_identifiers)
+
+    # 3. rank 0 checks the folder (other model? unfinished build?) and lists what is not done yet,
+    #    before any other rank writes; then each rank takes every world_size-th study of that list
+    index = None
+    todo: Any = None
+    if ranks.rank == 0:
+        try:
+            index = StudyIndex.create(root, resume=resume, rebuild=rebuild, **ident)
+            done = finished_keys(root)  # the main store and any shards left by a killed torchrun build
+            todo = [r for r in refs if study_key(r) not in done]
+        except (ValueError, OSError) as e:
+            todo = str(e)
+    todo = group.broadcast(todo)
+    if isinstance(todo, str):
+        raise (IndexFormatError if "--rebuild" in todo else ValueError)(todo)
+    if ranks.rank != 0:
+        index = StudyIndex.create(root, resume=True, store=shard_dir(root, ranks.rank), **ident)
+    report.already_done = len(refs) - len(todo) if ranks.rank == 0 else 0
+    say(f"{len(refs)} studies found, {len(refs) - len(todo)} done earlier; embedding with "
+        f"{ident['architecture']} ({recipe}) on {model.device}" + (f" x {ranks.world_size} ranks" if ranks.distributed else ""))
+    todo = todo[ranks.rank::ranks.world_size]
+
+    _embed(model, index, todo, recipe, options, report, workers=workers, batch_size=batch_size,
+           progress=progress, flush_every=flush_every, flush_seconds=flush_seconds, ranks=ranks)
+
+    # 5. every rank done -> rank 0 merges the shards and publishes
+    group.barrier()
+    if ranks.rank == 0:
+        store = index._writer()
+        added = merge_shards(store, root, log=say)
+        if added:
+            say(f"merged {added} studies from other ranks")
+        try:
+            info = index.commit(index_type=index_type, log=say, extra_info={
+                "checkpoint": str(checkpoint.resolve()), "library": str(library.resolve()),
+                "preprocess": {"recipe": recipe, **options},
+                "build": {"world_size": ranks.world_size, "workers": workers, "device": str(model.device)}})
+            report.published = info["version"]
+            report.index_type = info["index"]["type"]
+            report.total_indexed, report.total_skipped = info["count"], info["skipped"]
+        except ValueError as e:
+            report.error = str(e)
+    index.close_writer()
+    index.close()
+    report.seconds = time.time() - t0
+    return report
+
+
+def _embed(model, index, todo, recipe, options, report, *, workers, batch_size, progress, flush_every,
+           flush_seconds, ranks) -> None:
+    """The loop: workers prepare studies, this process encodes them in batches and stores them durably."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    if not todo:
+        return
+    loader = DataLoader(_Library(todo, recipe, options), batch_size=None, shuffle=False, num_workers=workers,
+                        collate_fn=_as_is, prefetch_factor=2 if workers else None)
+    bar = tqdm(total=len(todo), unit="study", desc=f"rank {ranks.rank}" if ranks.distributed else "indexing",
+               disable=not progress, dynamic_ncols=True, position=ranks.rank if ranks.distributed else None)
+    ready: list[dict] = []  # prepared, waiting for a batch
+    vectors: list[np.ndarray] = []  # encoded, waiting to be stored
+    metas: list[dict] = []
+    last_flush = time.time()
+
+    def store(force: bool = False) -> None:
+        nonlocal last_flush, vectors, metas
+        if metas and (force or len(metas) >= flush_every or time.time() - last_flush >= flush_seconds):
+            index.add(np.stack(vectors), metas)
+            report.indexed += len(metas)
+            vectors, metas, last_flush = [], [], time.time()
+
+    def encode(batch: list[dict]) -> None:
+        for item, vec, reason in _encode_batch(model, batch):
+            if vec is None:
+                skip(item["meta"], reason)
+            else:
+                vectors.append(vec)
+                metas.append(item["meta"])
+        bar.update(len(batch))
+
+    def skip(meta: dict, reason: str) -> None:
+        index.skip(meta["key"], meta["path"], reason)
+        report.skipped.append((meta["path"], reason))
+
+    with torch.inference_mode():
+        for item in loader:
+            if item["tensor"] is None:
+                skip(item["meta"], item["reason"])
+                bar.update(1)
+            else:
+                ready.append(item)
+                if len(ready) >= batch_size:
+                    encode(ready)
+                    ready = []
+            store()
+            bar.set_postfix(indexed=report.indexed + len(metas), skipped=len(report.skipped), refresh=False)
+        if ready:
+            encode(ready)
+        store(force=True)
+    bar.set_postfix(indexed=report.indexed, skipped=len(report.skipped))
+    bar.close()
+
+
+def _encode_batch(model, batch: list[dict]):
+    """[(item, vector float32 [E] or None, reason)]; a batch that fails is retried one study at a time."""
+    try:
+        out = model.encode_image([item["tensor"] for item in batch]).float().cpu().numpy()
+        return [(item, out[i], "") for i, item in enumerate(batch)]
+    except Exception as e:  # noqa: BLE001
+        if len(batch) == 1:
+            return [(batch[0], None, f"encoding failed: {type(e).__name__}: {_one_line(e)}")]
+    return [r for item in batch for r in _encode_batch(model, [item])]
