@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..preprocess import model_recipe
 from .files import IndexFormatError
 from .metadata import normalise_date
 from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
@@ -37,21 +38,6 @@ def model_fingerprint(checkpoint: str | Path) -> str:
             while block := f.read(8 << 20):
                 h.update(block)
     return h.hexdigest()
-
-
-def preprocess_options(config: dict, recipe: str | None) -> tuple[str, dict]:
-    """The recipe and options the model was trained with (as ``HLIPModel.prepare`` chooses them)."""
-    from hlip_engine.recipes import get_recipe
-
-    pre = dict(config.get("preprocess") or {})
-    default = pre.pop("recipe", None)
-    recipe = recipe or default
-    if recipe is None:
-        raise ValueError(f"model {config.get('name')!r} names no preprocessing recipe: pass --recipe")
-    if recipe != default:  # keep the model's input size, not the other recipe's extras
-        known = set(get_recipe(recipe).defaults)
-        pre = {k: v for k, v in pre.items() if k in ("slices", "size", "crop") and k in known}
-    return recipe, pre
 
 
 def _one_line(e: BaseException) -> str:
@@ -177,7 +163,7 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
     if device is None and ranks.distributed and torch.cuda.is_available():
         device = f"cuda:{ranks.local_rank}"
     model = load_model(checkpoint, device=device)
-    recipe, options = preprocess_options(model.config, recipe)
+    recipe, options = model_recipe(model.config.get("preprocess"), recipe)
     ident = dict(dim=int(model.embed_dim), model_id=checkpoint.name, model_hash=model_fingerprint(checkpoint),
                  architecture=str(model.config.get("name", "")), recipe=recipe, keep_identifiers=keep_identifiers)
 
