@@ -15,11 +15,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_study": "hlip_engine.io",
     "discover": "hlip_engine.io",
-    "preprocess": "hlip_engine.preprocess",
-    "PreparedStudy": "hlip_engine.preprocess",
-    "RECIPES": "hlip_engine.preprocess",
+    "preprocess": "hlip_engine.preprocessing",
+    "PreparedStudy": "hlip_engine.preprocessing",
+    "RECIPES": "hlip_engine.preprocessing",
+    "recipe_for": "hlip_engine.preprocessing",
     "load_model": "hlip_engine.model",
     "create_model": "hlip_engine.model",
+    "StudyIndex": "hlip_engine.index",
 }
 
 __all__ = ["PatientInfo", "Scan", "Study", "StudyLoadError", "StudyRef", *_LAZY]

@@ -37,3 +37,13 @@ def test_packages_import_without_gui_or_torch_cost():
     code = "import sys, hlip_engine; print('napari' in sys.modules, 'qtpy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False", "False"], out.stdout + out.stderr
+
+
+def test_stable_api_names_stay_functions_after_their_modules_load():
+    """``hlip_engine.preprocess`` etc. are the functions the issues name, even once every submodule is imported."""
+    code = ("import hlip_engine, hlip_engine.preprocessing, hlip_engine.io, hlip_engine.model, hlip_engine.index\n"
+            "names = ['load_study', 'discover', 'preprocess', 'load_model', 'create_model', 'recipe_for']\n"
+            "print(all(callable(getattr(hlip_engine, n)) and not isinstance(getattr(hlip_engine, n), type(hlip_engine))"
+            " for n in names), hlip_engine.StudyIndex.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "StudyIndex"], out.stdout + out.stderr

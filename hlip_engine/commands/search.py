@@ -101,7 +101,7 @@ def _study_query(index, args):
         meta = index.metadata([row])[0]
         return index.vectors([row]), [row], f"studies like {meta['path']} ({meta.get('description') or meta['study_uid']})"
     from hlip_engine.io import load_study
-    from hlip_engine.preprocess import preprocess
+    from hlip_engine.preprocessing import preprocess
 
     model = _model_of(index, args)
     study = load_study(like)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocess import model_recipe
+from ..preprocessing import model_recipe
 from .files import IndexFormatError
 from .metadata import normalise_date
 from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
@@ -48,7 +48,7 @@ def _one_line(e: BaseException) -> str:
 def prepare_study(ref, recipe: str, options: dict) -> dict[str, Any]:
     """Load + preprocess one study (runs in a worker process). Never raises: a failure is a skip reason."""
     from hlip_engine.io import load_study
-    from hlip_engine.preprocess import preprocess
+    from hlip_engine.preprocessing import preprocess
 
     meta = {"key": study_key(ref), "path": ref.source, "study_uid": ref.uid, "date": ref.date,
             "modality": ref.modality.split("/")[0], "description": ref.description}

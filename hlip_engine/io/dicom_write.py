@@ -206,8 +206,10 @@ def write_dicom_series(scan: Scan, out_dir: str | Path, *, study_uid: str, serie
     for k in range(voxels.shape[0]):
         ds = base  # one dataset, updated per slice and written at once: no deep copy per file
         position = slice_position(scan.affine, k)
-        # deterministic when the caller fixed the series UID (reproducible phantoms), else fresh
-        sop_uid = _uid(series_uid, "instance", k) if scan.series_uid else _uid()
+        # deterministic when the caller fixed the series UID (reproducible phantoms), else fresh; several
+        # writes into one series (echoes, acquisitions, localizer planes) differ by position or attributes
+        sop_uid = _uid(series_uid, "instance", k, position, image_type, sorted((extra or {}).items())) \
+            if scan.series_uid else _uid()
         ds.file_meta = _file_meta(sop_class, sop_uid, transfer_syntax)
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = k + 1

@@ -141,14 +141,14 @@ class HLIPModel(nn.Module):
     # -- studies -----------------------------------------------------------------------------------
     def prepare(self, study, recipe: str | None = None, **options):
         """Study -> PreparedStudy with this model's recipe and input size (options override them)."""
-        from hlip_engine.preprocess import model_recipe, preprocess
+        from hlip_engine.preprocessing import model_recipe, preprocess
 
         recipe, pre = model_recipe(self.config.get("preprocess"), recipe)
         return preprocess(study, recipe, **{**pre, **options})
 
     @torch.no_grad()
     def encode_study(self, study, recipe: str | None = None, normalize: bool = True, **options) -> torch.Tensor:
-        """Study -> its embedding [E] (on CPU), through hlip_engine.preprocess."""
+        """Study -> its embedding [E] (on CPU), through hlip_engine.preprocessing."""
         prepared = self.prepare(study, recipe, **options)
         tensor = torch.as_tensor(prepared.tensor)  # [N, 1, D, H, W]
         return self.encode_image(tensor[None], normalize=normalize)[0].cpu()

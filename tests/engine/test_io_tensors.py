@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hlip_engine.io.tensors import is_tensor_folder, load_tensor_study, tensor_study_folder
-from hlip_engine.preprocess import preprocess
+from hlip_engine.preprocessing import preprocess
 from hlip_engine.study import StudyLoadError
 
 MEAN = torch.as_tensor((0.485, 0.456, 0.406)).mean()

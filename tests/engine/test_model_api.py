@@ -24,7 +24,7 @@ def test_registry_holds_every_official_architecture_as_data():
     assert (large["width"], large["depth"], large["heads"], large["register_tokens"]) == (1024, 24, 16, 1)
     assert [i for i, b in enumerate(large["blocks"]) if b == "scan"] == [4, 10, 16, 22]
     demo = get_config("hlip_demo")
-    assert demo["preprocess"] == {"recipe": "brain-mri", "slices": 32, "size": 112, "crop": 96}
+    assert demo["preprocess"] == {"recipe": "auto", "slices": 32, "size": 112, "crop": 96}
     assert [s // p for s, p in zip(demo["visual"]["input_size"], demo["visual"]["patch_size"])] == [4, 6, 6]
 
 

@@ -7,7 +7,7 @@ import torch
 from nilearn.datasets import load_mni152_template
 
 from hlip_engine.io.nifti import load_nifti_study
-from hlip_engine.preprocess import RECIPES, preprocess
+from hlip_engine.preprocessing import RECIPES, preprocess
 from hlip_engine.study import Scan, Study
 
 

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 import torch
 
 from hlip_engine.io.nifti import load_nifti_study
-from hlip_engine.preprocess import preprocess
+from hlip_engine.preprocessing import preprocess
 from hlip_engine.study import Scan, Study
 
 MEAN = torch.as_tensor((0.485, 0.456, 0.406)).mean()

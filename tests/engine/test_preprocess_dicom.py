@@ -6,7 +6,7 @@ import torch
 from nilearn.datasets import load_mni152_template
 
 from hlip_engine.io import load_study, write_dicom_series
-from hlip_engine.preprocess import preprocess
+from hlip_engine.preprocessing import preprocess
 from hlip_engine.study import Scan
 
 OPTS = {"slices": 24, "size": 64, "crop": 56}

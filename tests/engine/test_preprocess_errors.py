@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hlip_engine.preprocess import preprocess, recipe_for
+from hlip_engine.preprocessing import preprocess, recipe_for
 from hlip_engine.study import Scan, Study
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_dilation
 
-from hlip_engine.preprocess import preprocess
+from hlip_engine.preprocessing import preprocess
 from hlip_engine.recipes.orientation import reorient_view
 from hlip_engine.study import Scan, Study
 

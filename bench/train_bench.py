@@ -1,0 +1,184 @@
+"""Training-step throughput of ``training.pretrain``'s step: studies/s, peak memory and MFU.
+
+Two measurements per run:
+  visual  the image tower alone, bf16 autocast, AdamW, loss = mean(y^2) -- exactly the official
+          benchmark's training step (../shared/anchors/official_bench.py), so the numbers compare;
+  full    the real step of training.pretrain: image tower + text (locked, cached features, or
+          trainable with --train-text) + CLIP loss + AdamW with the trainer's parameter groups.
+
+GPU (default there: ViT-B token1176, 8 studies x 8 scans, bf16)::
+
+    python bench/train_bench.py                       # official target: >= 50 studies/s in <= 26.5 GB (H200)
+    python bench/train_bench.py --grad-checkpointing --compile
+CPU (default there: the tiny test config)::
+
+    python bench/train_bench.py --arch hlip_tiny      # steps/s of the tiny config
+    python bench/train_bench.py --arch hlip_demo --studies 8 --scans 4
+
+MFU = model FLOPs (3 x forward: forward + backward, recomputation not counted) x studies/s / peak.
+Peak dense bf16 TFLOP/s by card name (H100/H200 SXM 989, A100 312), or --peak-tflops.
+Prints one JSON line per measurement and writes them to --json when given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def peak_tflops(device: torch.device, given: float) -> float | None:
+    if given:
+        return given
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return (time.perf_counter() - t) / iters
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="", help="engine architecture (default: ViT-B token1176 on GPU, hlip_tiny on CPU)")
+    p.add_argument("--studies", type=int, default=8, help="studies per step")
+    p.add_argument("--scans", type=int, default=8, help="scans per study")
+    p.add_argument("--steps", type=int, default=0, help="timed steps (default 10 GPU, 5 CPU)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--mode", choices=["visual", "full", "both"], default="both")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--patch-dropout", type=float, default=0.0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the image tower")
+    p.add_argument("--train-text", action="store_true", help="full mode: train the text tower (default: locked, cached)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="peak dense bf16 TFLOP/s for MFU")
+    p.add_argument("--json", default="", help="also write the results here")
+    args = p.parse_args(argv)
+
+    from hlip_engine.model import create_model
+    from hlip_engine.model.vit import flops_per_study
+    from training.loss import ClipLoss
+    from training.model_setup import ContrastiveStep, TextFeatureCache
+    from training.optim import create_optimizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arch = args.arch or ("vit_base_multiscan_h2_token1176" if device.type == "cuda" else "hlip_tiny")
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    steps = args.steps or (10 if device.type == "cuda" else 5)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    torch.manual_seed(0)
+    model = create_model(arch).to(device).train()
+    model.visual.cfg.patch_dropout = args.patch_dropout
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    cfg = model.visual.cfg
+    x = torch.randn(args.studies, args.scans, 1, *cfg.input_size, device=device)
+    reports = [f"This MRI study shows: finding number {i}. Nothing else." for i in range(args.studies)]
+    peak = peak_tflops(device, args.peak_tflops)
+    fwd_flops = flops_per_study(cfg, args.scans) * (1 - args.patch_dropout)  # approx. with dropout
+    visual_params = sum(p.numel() for p in model.visual.parameters())
+    results = []
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def report(mode: str, seconds: float):
+        sps = args.studies / seconds
+        row = {"mode": mode, "arch": arch, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"cpu x{torch.get_num_threads()} threads", "precision": "bf16" if bf16 else "fp32",
+               "studies": args.studies, "scans": args.scans, "grad_checkpointing": args.grad_checkpointing,
+               "patch_dropout": args.patch_dropout, "compile": args.compile, "s_per_step": round(seconds, 5),
+               "steps_per_s": round(1 / seconds, 3), "studies_per_s": round(sps, 2),
+               "visual_params_M": round(visual_params / 1e6, 2),
+               "train_gflop_per_study": round(3 * fwd_flops / 1e9, 2)}
+        if device.type == "cuda":
+            row["peak_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if peak:
+            row["mfu"] = round(3 * fwd_flops * sps / (peak * 1e12), 4)
+            row["peak_tflops_assumed"] = peak
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    visual = torch.compile(model.visual) if args.compile else model.visual
+
+    if args.mode in ("visual", "both"):
+        opt = torch.optim.AdamW(model.visual.parameters(), lr=1e-5, fused=device.type == "cuda" or None)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def visual_step():
+            with autocast():
+                y = visual(x)
+            y.float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        report("visual", timed(visual_step, device, args.warmup, steps))
+        del opt
+
+    if args.mode in ("full", "both"):
+        cache = None
+        if not args.train_text:
+            model.lock_text()
+            cache = TextFeatureCache(model.text)
+        if args.compile:
+            model.visual = visual  # the step calls model.encode_image -> model.visual
+        step_module = ContrastiveStep(model, ClipLoss(), cache).to(device).train()
+        opt = create_optimizer([step_module], lr=1e-5, weight_decay=0.2)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def full_step():
+            with autocast():
+                loss = step_module(x, reports)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step_module.clamp_logit_scale(100.0)
+
+        report("full", timed(full_step, device, args.warmup, steps))
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if device.type == "cuda" and math.isfinite(results[0]["studies_per_s"]):
+        print("target (H200, ViT-B token1176, 8x8, bf16): >= 50 studies/s in <= 26.5 GB; official 33.8 studies/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``hlip demo``: the whole product on phantom studies, from nothing, in a few minutes on a laptop.
+
+library (phantoms, DICOM) -> index (demo model) -> three free-text searches -> zero-shot on one study
+-> relevance map on one study (PNG overlay) -> optionally the quality report and napari.
+The demo model knows phantoms only: it is not a medical device and not for clinical use.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .quality import FINDING_PROMPTS, SEARCHES, TEMPLATES, demo_classifier, search_precision, zeroshot_auc
+
+DEMO_SEED = 2026  # the demo library's seed: never used to train the demo model (see README)
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "weights" / "hlip_demo.safetensors"
+
+
+def ensure_library(folder: Path, n: int) -> list[dict]:
+    """The phantom library: generated once, then reused (studies.json records what is there)."""
+    records_file = folder / "studies.json"
+    if records_file.is_file():
+        records = json.loads(records_file.read_text())
+        if len(records) == n and all(Path(r["path"]).is_dir() for r in records):
+            return records
+    from . import make_studies
+
+    print(f"Generating {n} phantom studies in {folder} ...")
+    return make_studies(folder, n, DEMO_SEED, progress=True)
+
+
+def ensure_index(library: Path, model_path: Path, index_dir: Path):
+    from ..index import StudyIndex
+    from ..index.build import build_library
+
+    report = build_library(library, model_path, index_dir, resume=True, workers=2, progress=True,
+                           log=lambda *a: None)
+    if getattr(report, "skipped", None):
+        print(f"  skipped {len(report.skipped)} studies (see `hlip index` report)")
+    return StudyIndex.open(index_dir)
+
+
+def _headline(record: dict) -> str:
+    finding = record["findings"][0] if record["findings"] else "normal"
+    details = record.get("details") or {}
+    where = " ".join(str(details[k]) for k in ("side", "lobe", "territory") if details.get(k))
+    return f"{record['modality']} {finding}{(' (' + where + ')') if where else ''}"
+
+
+def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model_path: Path | None = None) -> dict:
+    from ..io import load_study
+    from ..model import load_model
+
+    t0 = time.perf_counter()
+    model_path = Path(model_path or DEMO_MODEL)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: the demo model is missing (it ships in the package; reinstall)")
+    out.mkdir(parents=True, exist_ok=True)
+    records = ensure_library(out / "library", n)
+    by_uid = {r["uid"]: r for r in records}
+    model = load_model(model_path, device="cpu")
+    print(f"Demo model: {model_path.name} ({model.config.get('name')}), trained on phantoms only - not for clinical use.")
+    print("Indexing the library ...")
+    index = ensure_index(out / "library", model_path, out / "index")
+    print(f"  {len(index)} studies in the index at {out / 'index'}")
+
+    results: dict = {"searches": {}}
+    print("\nFree-text search (top 5; the truth in brackets):")
+    for query, _ in SEARCHES[:3]:
+        text = model.encode_text([query]).float().cpu().numpy()
+        scores, ids = index.search(text, 5)
+        print(f'  "{query}"')
+        hits = []
+        for score, meta in zip(scores[0], index.metadata(ids[0])):
+            rec = by_uid.get(meta["study_uid"], {})
+            truth = _headline(rec) if rec else "?"
+            print(f"    {score:6.3f}  {meta.get('date', '')}  {meta.get('description', '')[:28]:28s}  [{truth}]")
+            hits.append({"score": float(score), "study_uid": meta["study_uid"], "truth": truth})
+        results["searches"][query] = hits
+
+    # zero-shot and relevance on the first tumour study (a finding with a place to point at)
+    target = next((r for r in records if r["findings"] == ["tumour"]), records[0])
+    study = load_study(target["path"])
+    prepared = model.prepare(study)
+    emb = model.encode_image(np.asarray(prepared.tensor)[None])[0].float().cpu()
+    probs = demo_classifier(model).classify(emb)
+    from ..zeroshot import bar_chart, text_bars
+
+    print(f"\nZero-shot on {Path(target['path']).name} [{_headline(target)}]:")
+    print(text_bars(probs))
+    bar_chart(probs, out / "zeroshot.png", title=f"Zero-shot: {Path(target['path']).name}")
+    results["zeroshot"] = {"study": target["path"], "truth": _headline(target), "probabilities": probs}
+
+    from ..attention import relevance
+    from ..relevance.export import save_montage
+
+    prompt = FINDING_PROMPTS["tumour"][0]
+    rel = relevance(model, prepared, FINDING_PROMPTS["tumour"], templates=TEMPLATES)
+    png = out / "relevance.png"
+    save_montage(rel, png)
+    top = int(np.argmax(rel.scan_importance))
+    print(f'\nRelevance of "{prompt}": most relevant scan {top} '
+          f"({study.scans[prepared.scan_indices[top]].description}); overlay written to {png}")
+    results["relevance"] = {"png": str(png), "scan_importance": [float(x) for x in rel.scan_importance]}
+
+    if evaluate:
+        results["quality"] = evaluate_library(model, index, records)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "demo_results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nDone in {results['seconds']} s. Results: {out / 'demo_results.json'}")
+    if gui:
+        import hlip_napari
+
+        hlip_napari.launch(study=target["path"], index=str(out / "index"), model=str(model_path))
+    return results
+
+
+def evaluate_library(model, index, records: list[dict]) -> dict:
+    """Zero-shot macro AUC and search precision@5 on this (held-out) library."""
+    uids = [r["uid"] for r in records]
+    ids = [index.find(study_uid=u) for u in uids]
+    keep = [i for i, row in enumerate(ids) if row is not None]
+    emb = index.vectors([ids[i] for i in keep])
+    labels = [records[i]["labels"] for i in keep]
+    auc = zeroshot_auc(model, emb, labels)
+    finding_of = {r["uid"]: (r["findings"][0] if r["findings"] else "normal") for r in records}
+    p5 = search_precision(model, index, finding_of)
+    print(f"\nQuality on {len(keep)} held-out phantom studies (seed {DEMO_SEED}, never trained on):")
+    print("  zero-shot AUC  " + "  ".join(f"{k} {v:.3f}" for k, v in auc.items()))
+    print("  search precision@5  " + "  ".join(f'"{k}" {v:.2f}' for k, v in p5.items() if k != "mean")
+          + f"  mean {p5['mean']:.2f}")
+    return {"zeroshot_auc": auc, "search_precision_at_5": p5, "studies": len(keep)}

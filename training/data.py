@@ -1,0 +1,218 @@
+"""Studies and reports for pre-training: the manifest, uncurated scan sampling, report text, batches.
+
+The manifest follows the official HLIP layout, so one reader serves our cache and theirs::
+
+    {study_id: {"series": {series_name: {"num_slices": 48, "view": "axial", ...}}, "report": [sentences]}}
+
+Scan tensors live at ``ROOT/<study_id>/<series_name>/img.pt`` (official brain-MRI cache: uint8 [D, H, W]
+holding round(255 * x) of the [0, 1] image) unless a series entry names its ``file``. Our cache may also
+hold float16 [0, 1] tensors. The official CT-RATE manifest lists ``"recons": [file names]`` instead, with
+raw Hounsfield tensors at ``ROOT/<study_id minus its last _part>/<study_id>/<recon>.pt``; those are
+windowed with ``hu_window`` here.
+
+Sampling is the paper's: in training a fixed number of scans is drawn per study each time it is seen
+(shuffled, repeated when the study has fewer), and the report's sentences are shuffled; in evaluation
+every scan is used in manifest order and the sentences keep theirs. The randomness comes from a
+generator seeded by (seed, epoch, study index), so a resumed run sees exactly the batches it would have.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from hlip_engine.recipes import IMAGENET_MEAN, IMAGENET_STD
+
+# The paper normalises the [0, 1] image with the mean of ImageNet's channel means / stds (the engine's values).
+IMAGE_MEAN, IMAGE_STD = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
+
+REPORT_PREFIXES = {"MR": "This MRI study shows: ", "CT": "This CT study shows: "}
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """A free-text report -> sentences (a report given as one string is split on . ! ?)."""
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def load_manifest(path: str | Path) -> dict[str, dict]:
+    """Read a manifest (ours or the official) and check the fields the trainer relies on."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    try:
+        studies = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(studies, dict) or not studies:
+        raise ValueError(f"{path}: expected a non-empty object {{study_id: {{'series': ..., 'report': ...}}}}")
+    for sid, entry in studies.items():
+        if not isinstance(entry, dict) or not ("series" in entry or "recons" in entry):
+            raise ValueError(f"{path}: study {sid!r} has neither 'series' nor 'recons'")
+        if "report" not in entry:
+            raise ValueError(f"{path}: study {sid!r} has no 'report'")
+    return studies
+
+
+class StudyRecord:
+    """One manifest entry resolved to scan files and report sentences."""
+
+    def __init__(self, root: Path, study_id: str, entry: dict):
+        self.study_id = study_id
+        self.modality = entry.get("modality", "")
+        report = entry["report"]
+        self.sentences = split_sentences(report) if isinstance(report, str) else [str(s) for s in report]
+        self.raw_hu = "recons" in entry  # official CT-RATE layout: Hounsfield tensors
+        if self.raw_hu:
+            folder = root / study_id.rsplit("_", 1)[0] / study_id
+            self.scans = [folder / (r.split(".", 1)[0] + ".pt") for r in entry["recons"]]
+        else:
+            self.scans = [root / info["file"] if isinstance(info, dict) and "file" in info
+                          else root / study_id / name / "img.pt"
+                          for name, info in entry["series"].items()]
+        if not self.scans:
+            raise ValueError(f"study {study_id!r} lists no scans")
+
+    def report(self, prefix: str, rng: np.random.Generator | None) -> str:
+        """prefix + sentences; shuffled when a generator is given (training)."""
+        sentences = self.sentences
+        if rng is not None and len(sentences) > 1:
+            sentences = [sentences[i] for i in rng.permutation(len(sentences))]
+        return prefix + " ".join(sentences)
+
+    def draw_scans(self, num_scans: int, rng: np.random.Generator | None) -> list[Path]:
+        """Training: ``num_scans`` scans in random order, repeating when the study has fewer. Eval: all."""
+        if rng is None:
+            return list(self.scans)
+        order = [self.scans[i] for i in rng.permutation(len(self.scans))]
+        return (order * math.ceil(num_scans / len(order)))[:num_scans]
+
+
+def fit_to_size(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """[D, H, W] -> ``size``: centre-crop in-plane within the recipe's resize/crop margin (256 -> 224),
+    otherwise resize (trilinear in-plane, nearest-exact through the slices, as the recipes resample)."""
+    d, h, w = x.shape
+    td, th, tw = size
+    if (d, h, w) == (td, th, tw):
+        return x
+    if th <= h <= math.ceil(th * 8 / 7) and tw <= w <= math.ceil(tw * 8 / 7):
+        top, left = (h - th) // 2, (w - tw) // 2
+        x = x[:, top:top + th, left:left + tw]
+    elif (h, w) != (th, tw):
+        x = F.interpolate(x[None, None].float(), size=(d, th, tw), mode="trilinear", align_corners=False)[0, 0]
+    if d != td:
+        x = F.interpolate(x[None, None].float(), size=(td, th, tw), mode="nearest-exact")[0, 0]
+    return x
+
+
+def load_scan_tensor(path: Path, *, size: tuple[int, int, int] | None,
+                     hu_window: tuple[float, float] | None = None) -> torch.Tensor:
+    """A cached scan -> normalised float32 [1, D, H, W] ready for the model."""
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: scan tensor missing from the cache") from None
+    except Exception as e:  # a truncated or foreign file: say which
+        raise ValueError(f"{path}: cannot read the scan tensor ({e})") from e
+    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
+        raise ValueError(f"{path}: expected a [D, H, W] tensor, got {getattr(x, 'shape', type(x))}")
+    if x.ndim == 4:
+        x = x[0]
+    if hu_window is not None:
+        lo, hi = hu_window
+        x = ((x.float() - lo) / (hi - lo)).clamp_(0, 1)
+    elif x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    else:
+        x = x.float()
+    if size is not None:
+        x = fit_to_size(x, size)
+    return ((x - IMAGE_MEAN) / IMAGE_STD)[None].contiguous()
+
+
+class StudyDataset(Dataset):
+    """Studies of a manifest. Items are addressed by ``(index, epoch)`` so sampling is reproducible.
+
+    Returns ``(scans [N, 1, D, H, W] float32, report str, index)``; N = ``num_scans`` in training, all
+    of the study's scans in evaluation.
+    """
+
+    def __init__(self, manifest: str | Path | dict, *, root: str | Path | None = None, num_scans: int = 8,
+                 train: bool = True, size: tuple[int, int, int] | None = None, prefix: str | None = None,
+                 seed: int = 0, hu_window: tuple[float, float] | None = None, ids: list[str] | None = None):
+        if isinstance(manifest, dict):
+            studies, root = manifest, Path(root or ".")
+        else:
+            studies = load_manifest(manifest)
+            root = Path(root) if root is not None else Path(manifest).parent
+        keys = list(studies) if ids is None else [k for k in ids if k in studies]
+        self.records = [StudyRecord(root, k, studies[k]) for k in keys]
+        self.num_scans, self.train, self.size, self.seed = num_scans, train, size, seed
+        self.prefix, self.hu_window = prefix, hu_window
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def study_id(self, index: int) -> str:
+        return self.records[index].study_id
+
+    def prefix_for(self, record: StudyRecord) -> str:
+        if self.prefix is not None:
+            return self.prefix
+        return REPORT_PREFIXES.get(record.modality, REPORT_PREFIXES["MR"])
+
+    def __getitem__(self, item):
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        record = self.records[index]
+        rng = np.random.default_rng((self.seed, epoch, index)) if self.train else None
+        window = self.hu_window if record.raw_hu else None
+        if record.raw_hu and window is None:
+            window = (-1150.0, 350.0)  # CT-RATE's window in the official training
+        scans = [load_scan_tensor(p, size=self.size, hu_window=window)
+                 for p in record.draw_scans(self.num_scans, rng)]
+        return torch.stack(scans), record.report(self.prefix_for(record), rng), index
+
+
+class StudyBatches:
+    """Batch sampler: each epoch a seeded permutation cut into global batches, each rank taking its slice.
+
+    ``start_batch`` skips the batches a resumed run already trained on, so the data position survives kill -9.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start_batch = 0, 0
+        if len(self) == 0:
+            raise ValueError(f"{n} studies cannot fill one batch of {batch_size} x {world_size} ranks; "
+                             "lower --batch-size or add studies")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world)  # incomplete global batches are dropped
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        step = self.batch_size * self.world
+        for b in range(self.start_batch, len(self)):
+            chunk = order[b * step:(b + 1) * step][self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            yield [(i, self.epoch) for i in chunk]
+
+
+def collate(items):
+    scans, reports, index = zip(*items)
+    return torch.stack(scans), list(reports), torch.tensor(index)  # [B, N, 1, D, H, W], [B], [B]

@@ -1,0 +1,78 @@
+"""Report files for ``training.prepare``: a JSON or CSV mapping a study (uid or folder) to its report text.
+
+Accepted shapes:
+- JSON ``{key: "report text"}`` or ``{key: ["sentence", ...]}`` or ``{key: {"report": ...}}``;
+- CSV with a header: an id column (study_uid / study_id / StudyInstanceUID / uid / folder / accession, or
+  the first column) and a text column (report / findings / impression / text, or the last column); several
+  rows for one study are joined in order.
+Keys are matched against the study uid, then the study's folder name, then its path under the archive.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+ID_COLUMNS = ("study_uid", "study_id", "studyinstanceuid", "uid", "folder", "accession", "accessionnumber", "id")
+TEXT_COLUMNS = ("report", "findings", "impression", "text", "report_text")
+
+
+def _pick(header: list[str], wanted: tuple[str, ...], given: str, fallback: int, what: str, path: Path) -> str:
+    if given:
+        if given not in header:
+            raise ValueError(f"{path}: no {what} column {given!r} (columns: {header})")
+        return given
+    lower = {h.lower().strip(): h for h in header}
+    for w in wanted:
+        if w in lower:
+            return lower[w]
+    return header[fallback]
+
+
+def read_reports(path: str | Path, *, id_column: str = "", text_column: str = "") -> dict[str, list[str] | str]:
+    """{key: report text or sentences}; raises ValueError naming the file when it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: reports file not found")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected an object {{study: report}}")
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = value.get("report", "")
+            if not isinstance(value, (str, list)):
+                raise ValueError(f"{path}: report of {key!r} is neither text nor a list of sentences")
+            out[str(key)] = value
+        return out
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        sample = f.read(4096)
+        f.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.DictReader(f, dialect=dialect)
+        header = reader.fieldnames or []
+        if len(header) < 2:
+            raise ValueError(f"{path}: a reports CSV needs an id column and a text column, got {header}")
+        id_col = _pick(header, ID_COLUMNS, id_column, 0, "id", path)
+        text_col = _pick(header, TEXT_COLUMNS, text_column, -1, "text", path)
+        out: dict[str, str] = {}
+        for row in reader:
+            key, text = (row.get(id_col) or "").strip(), (row.get(text_col) or "").strip()
+            if key and text:
+                out[key] = f"{out[key]} {text}" if key in out else text
+    return out
+
+
+def match_report(reports: dict, candidates: list[str]):
+    """The first candidate key (uid, folder name, relative path) that the reports file knows."""
+    for key in candidates:
+        if key and key in reports:
+            return key, reports[key]
+    return None, None
