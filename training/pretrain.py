@@ -198,9 +198,12 @@ def full_model(step_module, cfg: TrainConfig, model_sd: dict):
 
 def export_model(model, cfg: TrainConfig, path: Path) -> None:
     """Write the engine checkpoint (HLIPModel.save): config embedded, atomic, opened by load_model."""
+    from .model_setup import text_is_frozen
+
     model.visual.cfg.patch_dropout = 0.0  # a training-only setting; the exported model infers
     try:
-        model.save(path)
+        # a locked, unchanged pretrained text tower is referenced, not copied (load_model checks it)
+        model.save(path, text_weights=not text_is_frozen(model))
     finally:
         model.visual.cfg.patch_dropout = cfg.patch_dropout
 

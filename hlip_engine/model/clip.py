@@ -7,6 +7,7 @@ text tower; ``load_model`` rebuilds one from any supported checkpoint (see check
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -185,9 +186,35 @@ class HLIPModel(nn.Module):
         cfg["init_logit_bias"] = float(self.logit_bias) if self.logit_bias is not None else None
         return cfg
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Our format: safetensors + the JSON config in its metadata, written atomically."""
-        return save_checkpoint(self.state_dict(), self.full_config(), path)
+    def save(self, path: str | os.PathLike, *, text_weights: bool = True) -> Path:
+        """Our format: safetensors + the JSON config in its metadata, written atomically.
+
+        ``text_weights=False`` leaves the text transformer out when it is exactly the pretrained model the
+        config names (a locked tower): a small model then stays small (the demo model: 14 MB, not 100 MB).
+        Its fingerprint is recorded, and :func:`load_model` takes the weights from that model's local folder
+        and checks them. If the tower differs from the pretrained one, the weights are written after all.
+        """
+        sd, cfg = self.state_dict(), self.full_config()
+        if not text_weights:
+            mine = text_fingerprint(self.text)
+            pretrained = TextTower.build(self.text.name, int(self.config["embed_dim"]), self.text.context_length,
+                                         pretrained=True)
+            if text_fingerprint(pretrained) == mine:
+                sd = {k: v for k, v in sd.items() if not k.startswith(_TEXT_PREFIX)}
+                cfg["text"]["weights"] = {"from": "pretrained", "sha256": mine}
+        return save_checkpoint(sd, cfg, path)
+
+
+_TEXT_PREFIX = "text.transformer."
+
+
+def text_fingerprint(text: TextTower) -> str:
+    """sha256 of the text transformer's weights (float32 bytes, key order): which pretrained tower this is."""
+    h = hashlib.sha256()
+    for key, value in sorted(text.transformer.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,6 +261,8 @@ def load_model(checkpoint: str | os.PathLike, arch: str | dict | None = None, te
         model = HLIPModel(cfg, text)
     except ValueError as e:
         raise ValueError(f"{ck.path}: architecture {name!r}: {e}") from None
+    if _pretrained_text(cfg, sd):  # saved without its (unchanged, pretrained) text transformer
+        sd = {**{k: v for k, v in model.state_dict().items() if k.startswith(_TEXT_PREFIX)}, **sd}
     message = mismatch_message(ck.path, model.state_dict(), sd, name)
     if message:
         raise ValueError(message)
@@ -245,10 +274,28 @@ def load_model(checkpoint: str | os.PathLike, arch: str | dict | None = None, te
     return model
 
 
+def _pretrained_text(cfg: dict, sd: dict) -> bool:
+    weights = (cfg.get("text") or {}).get("weights")
+    return isinstance(weights, dict) and weights.get("from") == "pretrained" and not any(
+        k.startswith(_TEXT_PREFIX) for k in sd)
+
+
 def _text_for_checkpoint(ck, cfg: dict, text_model: str | None) -> TextTower:
     """Build the text tower to receive the checkpoint's weights, without reading any other weights."""
     t = dict(cfg.get("text") or {})
     sd = ck.state_dict
+    if _pretrained_text(cfg, sd):
+        name = str(text_model) if text_model is not None else t.get("model")
+        embed_dim = int(sd["text.proj.weight"].shape[0]) if "text.proj.weight" in sd else int(cfg["embed_dim"])
+        try:
+            tower = TextTower.build(name, embed_dim, int(t.get("context_length", 256)), pretrained=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{ck.path}: this checkpoint takes its text transformer from the pretrained model "
+                             f"{name!r}, which cannot be loaded here ({e}); install it or pass text_model=FOLDER") from e
+        if text_fingerprint(tower) != t["weights"].get("sha256"):
+            raise ValueError(f"{ck.path}: the local text model {name!r} is not the one this checkpoint was "
+                             "trained with (weights differ); pass the right folder as text_model")
+        return tower
     if "text.transformer.embeddings.word_embeddings.weight" not in sd:
         raise ValueError(f"{ck.path}: no text tower in this checkpoint ({len(sd)} tensors)")
     shapes = bert_config_from_shapes(sd)

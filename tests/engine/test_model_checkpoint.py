@@ -188,3 +188,27 @@ def test_missing_tokenizer_says_what_to_put_where(tmp_path):
         assert model.encode_image(torch.randn(1, 1, 1, 16, 32, 32)).shape == (1, 64)
     with pytest.raises(FileNotFoundError, match="no tokenizer for text model .*BiomedBERT.*vocab.txt.*text_model=<folder>"):
         model.encode_text(["glioma"])
+
+
+def test_locked_pretrained_text_tower_is_referenced_not_copied(tmp_path):
+    """save(text_weights=False): the file holds no text transformer, load_model restores it and checks it."""
+    import torch
+
+    from hlip_engine.model import create_model, load_model
+
+    torch.manual_seed(0)
+    model = create_model("hlip_tiny").eval()
+    full, small = model.save(tmp_path / "full.safetensors"), model.save(tmp_path / "small.safetensors",
+                                                                     text_weights=False)
+    assert small.stat().st_size < full.stat().st_size / 4
+    back = load_model(small, device="cpu")
+    x = torch.randn(1, 2, 1, 16, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(back.encode_image(x), model.encode_image(x), atol=1e-6)
+        assert torch.allclose(back.encode_text(["left frontal mass"]), model.encode_text(["left frontal mass"]),
+                              atol=1e-6)
+    # a text tower changed by training is not the pretrained one: its weights are written after all
+    with torch.no_grad():
+        model.text.transformer.embeddings.word_embeddings.weight[0] += 1.0
+    changed = model.save(tmp_path / "changed.safetensors", text_weights=False)
+    assert changed.stat().st_size > full.stat().st_size * 0.9
