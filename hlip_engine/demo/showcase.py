@@ -50,6 +50,8 @@ def _headline(record: dict) -> str:
 
 
 def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model_path: Path | None = None) -> dict:
+    import torch
+
     from ..io import load_study
     from ..model import load_model
 
@@ -69,7 +71,8 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     results: dict = {"searches": {}}
     print("\nFree-text search (top 5; the truth in brackets):")
     for query, _ in SEARCHES[:3]:
-        text = model.encode_text([query]).float().cpu().numpy()
+        with torch.no_grad():
+            text = model.encode_text([query]).float().cpu().numpy()
         scores, ids = index.search(text, 5)
         print(f'  "{query}"')
         hits = []
@@ -84,8 +87,9 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     target = next((r for r in records if r["findings"] == ["tumour"]), records[0])
     study = load_study(target["path"])
     prepared = model.prepare(study)
-    emb = model.encode_image(np.asarray(prepared.tensor)[None])[0].float().cpu()
-    probs = demo_classifier(model).classify(emb)
+    with torch.no_grad():
+        emb = model.encode_image(torch.as_tensor(prepared.tensor)[None])[0].float().cpu()
+        probs = demo_classifier(model).classify(emb)
     from ..zeroshot import bar_chart, text_bars
 
     print(f"\nZero-shot on {Path(target['path']).name} [{_headline(target)}]:")
@@ -106,7 +110,8 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     results["relevance"] = {"png": str(png), "scan_importance": [float(x) for x in rel.scan_importance]}
 
     if evaluate:
-        results["quality"] = evaluate_library(model, index, records)
+        with torch.no_grad():
+            results["quality"] = evaluate_library(model, index, records)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "demo_results.json").write_text(json.dumps(results, indent=1))
     print(f"\nDone in {results['seconds']} s. Results: {out / 'demo_results.json'}")
