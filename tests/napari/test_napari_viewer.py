@@ -74,13 +74,15 @@ def test_sample_study_opens_and_plane_buttons_hang_it(make_napari_viewer, screen
     from hlip_napari._layers import show_plane
     from hlip_napari._sample_data import make_sample_study
 
-    layer_data = make_sample_study()
-    assert [d[1]["metadata"]["orientation"] for d in layer_data] == ["axial", "sagittal", "coronal"]
+    layer_data = make_sample_study()  # the demo's phantom MR study with a tumour, written as DICOM
+    planes = [d[1]["metadata"]["orientation"] for d in layer_data]
+    assert len(layer_data) >= 2 and "axial" in planes, planes
+    assert all(d[1]["metadata"]["modality"] == "MR" for d in layer_data)
     viewer = make_napari_viewer(show=True)
     widgets = dock_widgets(viewer, ("Study browser",))
     for data, kwargs, _kind in layer_data:
         viewer.add_image(data, **kwargs)
-    assert widgets["Study browser"].table.rowCount() == 3
+    assert widgets["Study browser"].table.rowCount() == len(layer_data)
     show_plane(viewer, "sagittal")
     assert tuple(viewer.dims.order) == (2, 0, 1) and viewer.camera.orientation2d == ("up", "right")
     shot = viewer.screenshot(canvas_only=True, flash=False)
