@@ -201,6 +201,8 @@ def export_model(model, cfg: TrainConfig, path: Path) -> None:
     from .model_setup import text_is_frozen
 
     model.visual.cfg.patch_dropout = 0.0  # a training-only setting; the exported model infers
+    if cfg.report_prefix:  # search queries get the prefix the reports had (HLIPModel.encode_query)
+        model.config.setdefault("text", {})["query_prefix"] = cfg.report_prefix
     try:
         # a locked, unchanged pretrained text tower is referenced, not copied (load_model checks it)
         model.save(path, text_weights=not text_is_frozen(model))

@@ -53,7 +53,7 @@ def run(args) -> int:
             torch.set_num_threads(1)  # one short query: a second thread only waits (12 vs 45+ ms measured)
         try:
             with torch.inference_mode():
-                query, what = model.encode_text([text]).float().cpu().numpy(), repr(text)
+                query, what = model.encode_query([text]).float().cpu().numpy(), repr(text)
         finally:
             torch.set_num_threads(threads)
     scores, ids = index.search(query, args.k, modality=args.modality, date_from=args.date_from,

@@ -53,7 +53,7 @@ def zeroshot_auc(model, embeddings: np.ndarray, labels: list[dict]) -> dict[str,
 def search_precision(model, index, finding_of_uid: dict[str, str], k: int = 5) -> dict[str, float]:
     """Precision@k of each free-text search in ``index``; "mean" over the searches."""
     queries = [q for q, _ in SEARCHES]
-    text = model.encode_text(queries).float().cpu().numpy()
+    text = model.encode_query(queries).float().cpu().numpy()
     _, ids = index.search(text, k)
     out = {}
     for (query, finding), row in zip(SEARCHES, ids):

@@ -72,7 +72,7 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     print("\nFree-text search (top 5; the truth in brackets):")
     for query, _ in SEARCHES[:3]:
         with torch.no_grad():
-            text = model.encode_text([query]).float().cpu().numpy()
+            text = model.encode_query([query]).float().cpu().numpy()
         scores, ids = index.search(text, 5)
         print(f'  "{query}"')
         hits = []

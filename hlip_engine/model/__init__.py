@@ -12,6 +12,7 @@ API note (for the training, relevance, index, plugin and demo code)::
     model.encode_image(x, scan_counts=[3, 1])   # padded batch; equals encoding each study alone
     model.encode_image(x, all_outputs=True)     # [B, outputs, E] (2 for the 2026 DINO.txt models)
     model.encode_text(["a", "b"])  # -> L2-normalised [T, E]; model.tokenize(texts) -> ids [T, L]
+    model.encode_query(["left frontal mass"])  # search text, with the training report prefix
     model(image=x, text=ids)       # {"image_features", "text_features", "logit_scale" (exp'd), "logit_bias"?}
     model.logit_scale              # nn.Parameter, the LOG scale (exp() it, clamp at 100 in training)
     model.logit_bias               # nn.Parameter or None (2026 models)

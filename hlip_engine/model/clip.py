@@ -128,6 +128,15 @@ class HLIPModel(nn.Module):
             out = self.text(ids.to(self.device)).float()
         return F.normalize(out, dim=-1) if normalize else out
 
+    def encode_query(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Free-text search queries -> [T, E], phrased as the model read reports in training.
+
+        The config's ``text.query_prefix`` (e.g. "This study shows: ", recorded by training.pretrain from
+        its report prefix) goes before each query, so a query meets the studies where their reports did.
+        """
+        prefix = (self.config.get("text") or {}).get("query_prefix", "")
+        return self.encode_text([prefix + str(t).strip() for t in texts], normalize=normalize)
+
     def forward(self, image=None, text=None, scan_counts=None) -> dict:
         """open_clip-style: normalised features + the scales, for training loops."""
         out = {"logit_scale": self.logit_scale.exp()}

@@ -63,7 +63,7 @@ def search_job(settings, index_path: str, query, k: int):
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                vec = model.encode_text([query.strip()])
+                vec = model.encode_query([query.strip()])
             finally:
                 torch.set_num_threads(threads)
         else:

@@ -212,3 +212,17 @@ def test_locked_pretrained_text_tower_is_referenced_not_copied(tmp_path):
         model.text.transformer.embeddings.word_embeddings.weight[0] += 1.0
     changed = model.save(tmp_path / "changed.safetensors", text_weights=False)
     assert changed.stat().st_size > full.stat().st_size * 0.9
+
+
+def test_search_queries_get_the_training_report_prefix_and_it_survives_saving(tmp_path):
+    import torch
+
+    from hlip_engine.model import create_model, load_model
+
+    model = create_model("hlip_tiny").eval()
+    model.config["text"]["query_prefix"] = "This study shows: "
+    back = load_model(model.save(tmp_path / "m.safetensors"), device="cpu")
+    with torch.no_grad():
+        query = back.encode_query(["  left frontal mass "])
+        assert torch.allclose(query, model.encode_text(["This study shows: left frontal mass"]), atol=1e-6)
+        assert not torch.allclose(query, model.encode_text(["left frontal mass"]), atol=1e-3)
