@@ -1,0 +1,45 @@
+"""`hlip demo` end to end with the shipped demo model, on a small phantom library written as DICOM."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hlip_engine.demo.quality import FINDING_PROMPTS
+from hlip_engine.demo.showcase import DEMO_MODEL
+
+
+def _not_blank(png: Path) -> bool:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    return image.ndim == 3 and float(image[..., :3].std()) > 0.02
+
+
+def test_demo_runs_headless_and_reports_quality(tmp_path):
+    assert DEMO_MODEL.is_file() and DEMO_MODEL.stat().st_size <= 40 * 2**20, "the demo model ships, <= 40 MB"
+    out = tmp_path / "demo"
+    hlip = Path(sys.executable).parent / "hlip"
+    run = subprocess.run([str(hlip), "demo", "--studies", "5", "--out", str(out), "--no-gui", "--evaluate"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "not for clinical use" in run.stdout
+    results = json.loads((out / "demo_results.json").read_text())
+    assert len(results["searches"]) == 3
+    for hits in results["searches"].values():
+        assert len(hits) == 5 and all(h["truth"] != "?" for h in hits)  # every hit is a library study
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    probs = results["zeroshot"]["probabilities"]
+    assert list(probs) == list(FINDING_PROMPTS) and abs(sum(probs.values()) - 1) < 1e-4
+    assert _not_blank(out / "zeroshot.png") and _not_blank(out / "relevance.png")
+    importance = np.array(results["relevance"]["scan_importance"])
+    assert importance.min() >= 0 and abs(importance.sum() - 1) < 1e-4
+    quality = results["quality"]
+    assert quality["studies"] == 5
+    assert all(0.0 <= v <= 1.0 for v in quality["zeroshot_auc"].values())
+    # a second run reuses the library and the index (nothing regenerated, nothing re-embedded)
+    again = subprocess.run([str(hlip), "demo", "--studies", "5", "--out", str(out), "--no-gui"],
+                           capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0 and "Generating" not in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
