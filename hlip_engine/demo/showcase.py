@@ -116,9 +116,13 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     (out / "demo_results.json").write_text(json.dumps(results, indent=1))
     print(f"\nDone in {results['seconds']} s. Results: {out / 'demo_results.json'}")
     if gui:
+        import napari
+
         import hlip_napari
 
+        print("Opening napari with the study, the index and the model ...")
         hlip_napari.launch(study=target["path"], index=str(out / "index"), model=str(model_path))
+        napari.run()
     return results
 
 
