@@ -292,3 +292,16 @@ def open_study(viewer) -> Study | None:
         if isinstance(study, Study):
             return study
     return None
+
+
+NO_STUDY = "No study is open: open one in the Study browser (or File ▸ Open) first."
+
+
+def open_study_or_warn(viewer, message: str = NO_STUDY) -> Study | None:
+    """:func:`open_study`, or a napari warning that says what to do when there is none."""
+    study = open_study(viewer)
+    if study is None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    return study

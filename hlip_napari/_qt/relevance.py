@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 from .._layers import (
     SCAN_KEY,
     go_to,
-    open_study,
+    open_study_or_warn,
     relevance_colormap,
     relevance_layer_data,
     scan_layers,
@@ -140,9 +140,8 @@ class RelevanceWidget(QWidget):
     def run(self):
         from napari.utils.notifications import show_warning
 
-        study = open_study(self.viewer)
+        study = open_study_or_warn(self.viewer)
         if study is None:
-            show_warning("No study is open: open one in the Study browser (or File ▸ Open) first.")
             return None
         prompt = self.prompt.text().strip()
         if not prompt:

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import add_studies, open_study
+from .._layers import add_studies, open_study_or_warn
 from .._session import INDEXES, MODELS, SETTINGS
 from .jobs import Job
 from .model_panel import ModelBox
@@ -179,11 +179,9 @@ class SearchWidget(QWidget):
         return self._run(text, f"“{text.strip()}”")
 
     def more_like_this(self):
-        study = open_study(self.viewer)
+        study = open_study_or_warn(
+            self.viewer, "No study is open: open one (Study browser or double-click a result) first.")
         if study is None:
-            from napari.utils.notifications import show_warning
-
-            show_warning("No study is open: open one (Study browser or double-click a result) first.")
             return None
         return self._run(study, f"studies like “{study.description or study.uid}”")
 

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import open_study
+from .._layers import open_study_or_warn
 from .._session import MODELS
 from .jobs import Job
 from .model_panel import ModelBox
@@ -203,9 +203,8 @@ class ZeroShotWidget(QWidget):
         """Classify the open study with the prompts as edited."""
         from napari.utils.notifications import show_warning
 
-        study = open_study(self.viewer)
+        study = open_study_or_warn(self.viewer)
         if study is None:
-            show_warning("No study is open: open one in the Study browser (or File ▸ Open) first.")
             return None
         mode = self.mode.currentData()
         try:
