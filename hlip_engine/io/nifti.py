@@ -7,12 +7,12 @@ official HLIP code read its NIfTI data.
 """
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from ..study import Scan, Study, StudyLoadError
+from .folders import folder_scans, path_uid
 
 _SUFFIXES = (".nii", ".nii.gz")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -78,7 +78,7 @@ def load_nifti_scan(path, index: int = 0) -> Scan:
         attributes["warnings"] = warnings
     name = path.name[: -len(".gz")] if path.name.lower().endswith(".gz") else path.name
     return Scan(voxels=voxels, affine=affine, modality="", description=Path(name).stem,
-                series_uid=_uid(path), series_number=index + 1, attributes=attributes, source=str(path))
+                series_uid=path_uid(path), series_number=index + 1, attributes=attributes, source=str(path))
 
 
 def load_nifti_study(path) -> Study:
@@ -90,29 +90,10 @@ def load_nifti_study(path) -> Study:
     if not path.exists():
         raise StudyLoadError(f"{path}: no such file or folder")
     if path.is_file():
-        return Study(uid=_uid(path), scans=[load_nifti_scan(path)], description=path.name,
+        return Study(uid=path_uid(path), scans=[load_nifti_scan(path)], description=path.name,
                      source=str(path))
-    try:
-        files = nifti_files(path)
-    except OSError as e:
-        raise StudyLoadError(f"{path}: cannot list the folder ({e})") from e
-    if not files:
-        raise StudyLoadError(f"{path}: no .nii / .nii.gz files in this folder")
-    scans, skipped = [], []
-    for f in files:
-        if _is_label_map(f):
-            skipped.append((str(f), "label map (name contains 'seg' or 'mask'), not a scan"))
-            continue
-        try:
-            scans.append(load_nifti_scan(f, index=len(scans)))
-        except StudyLoadError as e:
-            skipped.append((str(f), str(e)))
-    if not scans:
-        raise StudyLoadError(f"{path}: none of its {len(files)} NIfTI files could be used: "
-                             + "; ".join(reason for _, reason in skipped[:3]))
-    return Study(uid=_uid(path), scans=scans, description=path.name, skipped=skipped, source=str(path))
-
-
-def _uid(path: Path) -> str:
-    """A stable DICOM-style UID (2.25.<uuid5>) for a file or folder without one."""
-    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "file://" + str(Path(path).resolve())).int)
+    scans, skipped = folder_scans(
+        path, nifti_files, lambda f, i: load_nifti_scan(f, index=i), kind="NIfTI",
+        none_found="no .nii / .nii.gz files in this folder",
+        skip=lambda f: "label map (name contains 'seg' or 'mask'), not a scan" if _is_label_map(f) else "")
+    return Study(uid=path_uid(path), scans=scans, description=path.name, skipped=skipped, source=str(path))

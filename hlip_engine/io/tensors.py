@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..study import Scan, Study, StudyLoadError
-from .nifti import _uid
+from .folders import folder_scans, path_uid
 
 SCAN_FILE = "img.pt"  # BrainMRI220K: one folder per scan
 RPI = np.diag([-1.0, 1.0, -1.0])  # column -> patient right, row -> posterior, slice -> inferior
@@ -81,7 +81,7 @@ def load_tensor_scan(path, index: int = 0, *, hu_spacing=(3.0, 1.0, 1.0)) -> Sca
         note = f"assumed: HLIP CT tensor, {tuple(hu_spacing)} mm (slice, row, column)"
     name = path.parent.name if path.name == SCAN_FILE else path.stem
     return Scan(voxels=np.ascontiguousarray(voxels, dtype=np.float32), affine=affine, modality=modality,
-                description=name, series_uid=_uid(path), series_number=index + 1,
+                description=name, series_uid=path_uid(path), series_number=index + 1,
                 attributes={"hlip_tensor": kind, "file_format": "HLIP tensor", "geometry": note},
                 source=str(path))
 
@@ -93,23 +93,11 @@ def load_tensor_study(path, *, hu_spacing=(3.0, 1.0, 1.0)) -> Study:
         raise StudyLoadError(f"{path}: no such file or folder")
     if path.is_file():
         scan = load_tensor_scan(path, hu_spacing=hu_spacing)
-        return Study(uid=_uid(path), scans=[scan], description=path.stem, modality=scan.modality,
+        return Study(uid=path_uid(path), scans=[scan], description=path.stem, modality=scan.modality,
                      source=str(path))
-    try:
-        files = tensor_files(path)
-    except OSError as e:
-        raise StudyLoadError(f"{path}: cannot list the folder ({e})") from e
-    if not files:
-        raise StudyLoadError(f"{path}: no HLIP scan tensors (*.pt or */{SCAN_FILE}) in this folder")
-    scans, skipped = [], []
-    for f in files:
-        try:
-            scans.append(load_tensor_scan(f, index=len(scans), hu_spacing=hu_spacing))
-        except StudyLoadError as e:
-            skipped.append((str(f), str(e)))
-    if not scans:
-        raise StudyLoadError(f"{path}: none of its {len(files)} tensor files could be used: "
-                             + "; ".join(reason for _, reason in skipped[:3]))
+    scans, skipped = folder_scans(
+        path, tensor_files, lambda f, i: load_tensor_scan(f, index=i, hu_spacing=hu_spacing), kind="tensor",
+        none_found=f"no HLIP scan tensors (*.pt or */{SCAN_FILE}) in this folder")
     modalities = sorted({s.modality for s in scans})
-    return Study(uid=_uid(path), scans=scans, description=path.name, modality="/".join(modalities),
+    return Study(uid=path_uid(path), scans=scans, description=path.name, modality="/".join(modalities),
                  skipped=skipped, source=str(path))
