@@ -28,6 +28,8 @@ class TrainConfig:
     val_fraction: float = opt(0.0, "fraction of --data held out for evaluation when --val-data is not given")
     num_scans: int = opt(8, "scans drawn at random per study per step (repeated when a study has fewer)")
     report_prefix: str = opt("", "text before the report sentences (default by modality: 'This MRI study shows: ')")
+    report_subsets: float = opt(0.0, "probability that a training report is cut to a random subset of its sentences "
+                                      "(teaches short texts: search queries, prompts)")
     hu_window: list[float] = opt(None, "LOW HIGH: Hounsfield window for raw-HU caches (official CT-RATE layout)",
                                  nargs=2)
     workers: int = opt(2, "DataLoader worker processes per rank (0 = load in the training process)")
@@ -38,6 +40,7 @@ class TrainConfig:
     init: str = opt("", "engine checkpoint (HLIPModel.save or official) to start from instead of random weights")
     lock_text: bool = opt(False, "freeze the text tower (LiT-style)")
     lock_text_unlocked_layers: int = opt(0, "with --lock-text: leave this many last text layers trainable")
+    text_lr_scale: float = opt(1.0, "learning rate of the (unlocked) pretrained text transformer = --lr times this")
     cache_text: str = opt("auto", "cache the locked text tower's features per report: auto (when fully locked), on, off",
                           choices=["auto", "on", "off"])
     patch_dropout: float = opt(0.0, "fraction of image patch tokens dropped in training (0.25-0.5 speeds it up)")

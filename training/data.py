@@ -80,11 +80,18 @@ class StudyRecord:
         if not self.scans:
             raise ValueError(f"study {study_id!r} lists no scans")
 
-    def report(self, prefix: str, rng: np.random.Generator | None) -> str:
-        """prefix + sentences; shuffled when a generator is given (training)."""
+    def report(self, prefix: str, rng: np.random.Generator | None, subsets: float = 0.0) -> str:
+        """prefix + sentences; shuffled when a generator is given (training).
+
+        ``subsets``: the probability that a training report is cut to a random 1..n of its (shuffled)
+        sentences, so the text tower also learns short texts such as search queries and prompts
+        (sentence sampling, as CXR-CLIP does); 0 keeps every sentence.
+        """
         sentences = self.sentences
         if rng is not None and len(sentences) > 1:
             sentences = [sentences[i] for i in rng.permutation(len(sentences))]
+            if subsets > 0 and rng.random() < subsets:
+                sentences = sentences[:int(rng.integers(1, len(sentences) + 1))]
         return prefix + " ".join(sentences)
 
     def draw_scans(self, num_scans: int, rng: np.random.Generator | None) -> list[Path]:
@@ -146,7 +153,8 @@ class StudyDataset(Dataset):
 
     def __init__(self, manifest: str | Path | dict, *, root: str | Path | None = None, num_scans: int = 8,
                  train: bool = True, size: tuple[int, int, int] | None = None, prefix: str | None = None,
-                 seed: int = 0, hu_window: tuple[float, float] | None = None, ids: list[str] | None = None):
+                 seed: int = 0, hu_window: tuple[float, float] | None = None, ids: list[str] | None = None,
+                 report_subsets: float = 0.0):
         if isinstance(manifest, dict):
             studies, root = manifest, Path(root or ".")
         else:
@@ -155,7 +163,7 @@ class StudyDataset(Dataset):
         keys = list(studies) if ids is None else [k for k in ids if k in studies]
         self.records = [StudyRecord(root, k, studies[k]) for k in keys]
         self.num_scans, self.train, self.size, self.seed = num_scans, train, size, seed
-        self.prefix, self.hu_window = prefix, hu_window
+        self.prefix, self.hu_window, self.report_subsets = prefix, hu_window, float(report_subsets)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -177,7 +185,7 @@ class StudyDataset(Dataset):
             window = (-1150.0, 350.0)  # CT-RATE's window in the official training
         scans = [load_scan_tensor(p, size=self.size, hu_window=window)
                  for p in record.draw_scans(self.num_scans, rng)]
-        return torch.stack(scans), record.report(self.prefix_for(record), rng), index
+        return torch.stack(scans), record.report(self.prefix_for(record), rng, self.report_subsets), index
 
 
 class StudyBatches:

@@ -11,9 +11,15 @@ import torch
 import torch.nn as nn
 
 
-def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decay / no-decay groups (names are the modules' own)."""
+def param_groups(modules: list[nn.Module], weight_decay: float, *, text_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters split into decay / no-decay groups (names are the modules' own).
+
+    ``text_lr_scale`` != 1 puts the pretrained text transformer's parameters in groups of their own whose
+    learning rate is the schedule's times that scale (an unlocked BERT wants a far smaller step than a
+    fresh image tower); its projection keeps the full rate.
+    """
     decay, no_decay, seen = [], [], set()
+    text_decay, text_no_decay = [], []
     for module in modules:
         skip = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
         for name, p in module.named_parameters():
@@ -21,19 +27,25 @@ def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
                 continue
             seen.add(id(p))
             leaf = name.rsplit(".", 1)[-1]
+            scaled = text_lr_scale != 1.0 and "text.transformer." in f".{name}"
             if (p.ndim < 2 or name in skip or leaf in skip or "logit_scale" in name or "logit_bias" in name
                     or "norm" in name.lower() or leaf == "bias" or "posemb" in name or "pos_embed" in name
                     or "cls_token" in name):
-                no_decay.append(p)
+                (text_no_decay if scaled else no_decay).append(p)
             else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+                (text_decay if scaled else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if text_decay or text_no_decay:
+        groups += [{"params": text_decay, "weight_decay": weight_decay, "lr_scale": text_lr_scale},
+                   {"params": text_no_decay, "weight_decay": 0.0, "lr_scale": text_lr_scale}]
+    return groups
 
 
 def create_optimizer(modules: list[nn.Module], *, lr: float, weight_decay: float,
-                     betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6) -> torch.optim.AdamW:
-    groups = [g for g in param_groups(modules, weight_decay) if g["params"]]
+                     betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
+                     text_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(modules, weight_decay, text_lr_scale=text_lr_scale) if g["params"]]
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     fused = all(p.is_cuda for g in groups for p in g["params"])
@@ -63,7 +75,7 @@ class CosineSchedule:
         self.step_count = step
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def state_dict(self) -> dict:

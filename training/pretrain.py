@@ -146,7 +146,7 @@ def build_datasets(cfg: TrainConfig, size: tuple[int, int, int]):
         held_ids = [k for k in studies if _held_out(k, cfg.val_fraction)]
         train_ids = [k for k in studies if k not in set(held_ids)]
         held = StudyDataset(cfg.data, root=root, train=False, ids=held_ids, **kw) if held_ids else None
-    train = StudyDataset(cfg.data, root=root, train=True, ids=train_ids, **kw)
+    train = StudyDataset(cfg.data, root=root, train=True, ids=train_ids, report_subsets=cfg.report_subsets, **kw)
     return train, held
 
 
@@ -198,14 +198,12 @@ def full_model(step_module, cfg: TrainConfig, model_sd: dict):
 
 def export_model(model, cfg: TrainConfig, path: Path) -> None:
     """Write the engine checkpoint (HLIPModel.save): config embedded, atomic, opened by load_model."""
-    from .model_setup import text_is_frozen
-
     model.visual.cfg.patch_dropout = 0.0  # a training-only setting; the exported model infers
     if cfg.report_prefix:  # search queries get the prefix the reports had (HLIPModel.encode_query)
         model.config.setdefault("text", {})["query_prefix"] = cfg.report_prefix
     try:
-        # a locked, unchanged pretrained text tower is referenced, not copied (load_model checks it)
-        model.save(path, text_weights=not text_is_frozen(model))
+        # text tensors equal to the pretrained tower's are referenced, not copied (load_model checks them)
+        model.save(path, text_weights=False)
     finally:
         model.visual.cfg.patch_dropout = cfg.patch_dropout
 
@@ -259,7 +257,7 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     frozen = {n for n, p in step_module.named_parameters() if not p.requires_grad}
     wrapped = wrap_distributed(step_module, cfg, env)
     optimizer = create_optimizer([step_module], lr=cfg.lr, weight_decay=cfg.wd,
-                                 betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+                                 betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, text_lr_scale=cfg.text_lr_scale)
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
 
     # -- data ---------------------------------------------------------------------------------------------

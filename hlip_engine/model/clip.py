@@ -198,23 +198,36 @@ class HLIPModel(nn.Module):
     def save(self, path: str | os.PathLike, *, text_weights: bool = True) -> Path:
         """Our format: safetensors + the JSON config in its metadata, written atomically.
 
-        ``text_weights=False`` leaves the text transformer out when it is exactly the pretrained model the
-        config names (a locked tower): a small model then stays small (the demo model: 14 MB, not 100 MB).
-        Its fingerprint is recorded, and :func:`load_model` takes the weights from that model's local folder
-        and checks them. If the tower differs from the pretrained one, the weights are written after all.
+        ``text_weights=False`` leaves out the text transformer's tensors that are exactly those of the
+        pretrained model the config names: a locked tower is not stored at all, a tower with its last layers
+        fine-tuned stores those layers only (a small model stays small: the demo model is tens of MB, not
+        100). The pretrained model's fingerprint is recorded; :func:`load_model` takes the missing tensors
+        from that model's local folder and checks them. If nothing is shared, every tensor is written.
         """
         sd, cfg = self.state_dict(), self.full_config()
-        if not text_weights:
-            mine = text_fingerprint(self.text)
-            pretrained = TextTower.build(self.text.name, int(self.config["embed_dim"]), self.text.context_length,
-                                         pretrained=True)
-            if text_fingerprint(pretrained) == mine:
-                sd = {k: v for k, v in sd.items() if not k.startswith(_TEXT_PREFIX)}
-                cfg["text"]["weights"] = {"from": "pretrained", "sha256": mine}
+        same, pretrained = (_shared_with_pretrained(self.text) if not text_weights else (set(), None))
+        if same:
+            sd = {k: v for k, v in sd.items() if not (k.startswith(_TEXT_PREFIX) and k[len(_TEXT_PREFIX):] in same)}
+            cfg["text"]["weights"] = {"from": "pretrained", "sha256": text_fingerprint(pretrained),
+                                      "stored": len(self.text.transformer.state_dict()) - len(same)}
         return save_checkpoint(sd, cfg, path)
 
 
 _TEXT_PREFIX = "text.transformer."
+
+
+def _shared_with_pretrained(text: TextTower) -> tuple[set[str], TextTower | None]:
+    """Names of the text transformer's tensors equal to the pretrained model's, and that model (when local)."""
+    try:
+        pretrained = TextTower.build(text.name, text.proj.out_features, text.context_length, pretrained=True)
+    except (OSError, ValueError):  # not on this machine: nothing can be referenced, everything is stored
+        return set(), None
+    base, mine = pretrained.transformer.state_dict(), text.transformer.state_dict()
+    if not set(mine) <= set(base):
+        return set(), None
+    same = {k for k, v in mine.items()
+            if base[k].shape == v.shape and torch.equal(base[k].to(v.device, v.dtype), v)}
+    return same, pretrained
 
 
 def text_fingerprint(text: TextTower) -> str:
@@ -270,7 +283,7 @@ def load_model(checkpoint: str | os.PathLike, arch: str | dict | None = None, te
         model = HLIPModel(cfg, text)
     except ValueError as e:
         raise ValueError(f"{ck.path}: architecture {name!r}: {e}") from None
-    if _pretrained_text(cfg, sd):  # saved without its (unchanged, pretrained) text transformer
+    if _pretrained_text(cfg, sd):  # the text tensors it left out are the pretrained model's
         sd = {**{k: v for k, v in model.state_dict().items() if k.startswith(_TEXT_PREFIX)}, **sd}
     message = mismatch_message(ck.path, model.state_dict(), sd, name)
     if message:
@@ -284,9 +297,9 @@ def load_model(checkpoint: str | os.PathLike, arch: str | dict | None = None, te
 
 
 def _pretrained_text(cfg: dict, sd: dict) -> bool:
+    """Saved with (all or part of) its text transformer left out: the rest is the named pretrained model's."""
     weights = (cfg.get("text") or {}).get("weights")
-    return isinstance(weights, dict) and weights.get("from") == "pretrained" and not any(
-        k.startswith(_TEXT_PREFIX) for k in sd)
+    return isinstance(weights, dict) and weights.get("from") == "pretrained"
 
 
 def _text_for_checkpoint(ck, cfg: dict, text_model: str | None) -> TextTower:

@@ -76,6 +76,23 @@ def test_evaluation_uses_every_scan_in_order_and_the_report_as_written(official_
     assert torch.allclose(scans[1], torch.full((1, *SIZE), (10 / 255 - IMAGE_MEAN) / IMAGE_STD))
 
 
+def test_report_subsets_cut_training_reports_to_some_of_their_sentences(official_cache):
+    path, root = official_cache
+    whole = ["First finding.", "Second finding.", "Third finding."]
+    ds = StudyDataset(path, root=root, num_scans=2, train=True, size=SIZE, seed=0, report_subsets=1.0)
+    lengths = Counter()
+    for epoch in range(30):
+        body = ds[(2, epoch)][1][len("This MRI study shows: "):]
+        sentences = split_sentences(body)
+        assert sentences and set(sentences) <= set(whole) and len(set(sentences)) == len(sentences)
+        lengths[len(sentences)] += 1
+    assert set(lengths) == {1, 2, 3}  # any number of sentences, down to one
+    plain = StudyDataset(path, root=root, num_scans=2, train=True, size=SIZE, seed=0)
+    assert all(len(split_sentences(plain[(2, e)][1])) == 3 for e in range(5))  # all three kept
+    evaluation = StudyDataset(path, root=root, train=False, size=SIZE, report_subsets=1.0)
+    assert evaluation[2][1] == "This MRI study shows: " + " ".join(whole)  # evaluation text is never cut
+
+
 def test_ct_rate_layout_is_windowed_from_hounsfield_units(tmp_path):
     folder = tmp_path / "train_7" / "train_7_a"
     folder.mkdir(parents=True)

@@ -48,6 +48,20 @@ def test_cosine_schedule_warms_up_then_decays():
     assert opt.param_groups[0]["lr"] == pytest.approx(lrs[5]) and s.state_dict()["step"] == 5
 
 
+def test_unlocked_text_layers_get_their_own_learning_rate_scale(tiny):
+    tiny.lock_text(unlocked_layers=1)
+    names = {id(p): n for n, p in tiny.named_parameters()}
+    opt = create_optimizer([tiny], lr=1e-3, weight_decay=0.2, text_lr_scale=0.1)
+    scaled = [g for g in opt.param_groups if g.get("lr_scale", 1.0) != 1.0]
+    text = {names[id(p)] for g in scaled for p in g["params"]}
+    assert text and all(n.startswith("text.transformer.encoder.layer.5.") for n in text)
+    assert "text.proj.weight" not in text  # the new projection learns at the full rate
+    CosineSchedule(opt, lr=1e-3, warmup=1, total=10).apply(1)
+    full = {g["lr"] for g in opt.param_groups if "lr_scale" not in g}
+    assert len(full) == 1 and [g["lr"] for g in scaled] == pytest.approx([full.pop() * 0.1] * len(scaled))
+    tiny.lock_text()
+
+
 def test_inflating_a_2d_vit_by_averaging(tiny, tmp_path):
     from training.inflate import inflate_into
 
