@@ -28,6 +28,8 @@ class TrainConfig:
     val_fraction: float = opt(0.0, "fraction of --data held out for evaluation when --val-data is not given")
     num_scans: int = opt(8, "scans drawn at random per study per step (repeated when a study has fewer)")
     report_prefix: str = opt("", "text before the report sentences (default by modality: 'This MRI study shows: ')")
+    shuffle_sentences: bool = opt(True, "shuffle each training report's sentences (the paper's); --no-shuffle-sentences "
+                                        "lets a locked text tower's feature cache serve every epoch after the first")
     report_subsets: float = opt(0.0, "probability that a training report is cut to a random subset of its sentences "
                                       "(teaches short texts: search queries, prompts)")
     hu_window: list[float] = opt(None, "LOW HIGH: Hounsfield window for raw-HU caches (official CT-RATE layout)",

@@ -80,7 +80,8 @@ class StudyRecord:
         if not self.scans:
             raise ValueError(f"study {study_id!r} lists no scans")
 
-    def report(self, prefix: str, rng: np.random.Generator | None, subsets: float = 0.0) -> str:
+    def report(self, prefix: str, rng: np.random.Generator | None, subsets: float = 0.0,
+               shuffle: bool = True) -> str:
         """prefix + sentences; shuffled when a generator is given (training).
 
         ``subsets``: the probability that a training report is cut to a random 1..n of its (shuffled)
@@ -154,7 +155,7 @@ class StudyDataset(Dataset):
     def __init__(self, manifest: str | Path | dict, *, root: str | Path | None = None, num_scans: int = 8,
                  train: bool = True, size: tuple[int, int, int] | None = None, prefix: str | None = None,
                  seed: int = 0, hu_window: tuple[float, float] | None = None, ids: list[str] | None = None,
-                 report_subsets: float = 0.0):
+                 report_subsets: float = 0.0, shuffle_sentences: bool = True):
         if isinstance(manifest, dict):
             studies, root = manifest, Path(root or ".")
         else:
@@ -164,6 +165,7 @@ class StudyDataset(Dataset):
         self.records = [StudyRecord(root, k, studies[k]) for k in keys]
         self.num_scans, self.train, self.size, self.seed = num_scans, train, size, seed
         self.prefix, self.hu_window, self.report_subsets = prefix, hu_window, float(report_subsets)
+        self.shuffle_sentences = bool(shuffle_sentences)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -185,7 +187,8 @@ class StudyDataset(Dataset):
             window = (-1150.0, 350.0)  # CT-RATE's window in the official training
         scans = [load_scan_tensor(p, size=self.size, hu_window=window)
                  for p in record.draw_scans(self.num_scans, rng)]
-        return torch.stack(scans), record.report(self.prefix_for(record), rng, self.report_subsets), index
+        return torch.stack(scans), record.report(self.prefix_for(record), rng, self.report_subsets,
+                                                    self.shuffle_sentences), index
 
 
 class StudyBatches:

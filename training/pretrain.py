@@ -146,7 +146,8 @@ def build_datasets(cfg: TrainConfig, size: tuple[int, int, int]):
         held_ids = [k for k in studies if _held_out(k, cfg.val_fraction)]
         train_ids = [k for k in studies if k not in set(held_ids)]
         held = StudyDataset(cfg.data, root=root, train=False, ids=held_ids, **kw) if held_ids else None
-    train = StudyDataset(cfg.data, root=root, train=True, ids=train_ids, report_subsets=cfg.report_subsets, **kw)
+    train = StudyDataset(cfg.data, root=root, train=True, ids=train_ids, report_subsets=cfg.report_subsets,
+                         shuffle_sentences=cfg.shuffle_sentences, **kw)
     return train, held
 
 

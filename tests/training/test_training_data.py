@@ -89,6 +89,8 @@ def test_report_subsets_cut_training_reports_to_some_of_their_sentences(official
     assert set(lengths) == {1, 2, 3}  # any number of sentences, down to one
     plain = StudyDataset(path, root=root, num_scans=2, train=True, size=SIZE, seed=0)
     assert all(len(split_sentences(plain[(2, e)][1])) == 3 for e in range(5))  # all three kept
+    fixed = StudyDataset(path, root=root, num_scans=2, train=True, size=SIZE, seed=0, shuffle_sentences=False)
+    assert {fixed[(2, e)][1] for e in range(5)} == {"This MRI study shows: " + " ".join(whole)}  # as written
     evaluation = StudyDataset(path, root=root, train=False, size=SIZE, report_subsets=1.0)
     assert evaluation[2][1] == "This MRI study shows: " + " ".join(whole)  # evaluation text is never cut
 
