@@ -86,13 +86,17 @@ class StudyRecord:
 
         ``subsets``: the probability that a training report is cut to a random 1..n of its (shuffled)
         sentences, so the text tower also learns short texts such as search queries and prompts
-        (sentence sampling, as CXR-CLIP does); 0 keeps every sentence.
+        (sentence sampling, as CXR-CLIP does); 0 keeps every sentence. ``shuffle=False`` keeps the written
+        order (then a locked text tower sees each report as one fixed text, which its feature cache serves
+        after the first epoch).
         """
         sentences = self.sentences
         if rng is not None and len(sentences) > 1:
-            sentences = [sentences[i] for i in rng.permutation(len(sentences))]
+            if shuffle:
+                sentences = [sentences[i] for i in rng.permutation(len(sentences))]
             if subsets > 0 and rng.random() < subsets:
-                sentences = sentences[:int(rng.integers(1, len(sentences) + 1))]
+                keep = rng.choice(len(sentences), size=int(rng.integers(1, len(sentences) + 1)), replace=False)
+                sentences = [sentences[i] for i in sorted(keep)]
         return prefix + " ".join(sentences)
 
     def draw_scans(self, num_scans: int, rng: np.random.Generator | None) -> list[Path]:
