@@ -61,3 +61,20 @@ def search_precision(model, index, finding_of_uid: dict[str, str], k: int = 5) -
         out[query] = sum(finding_of_uid.get(uid) == finding for uid in hits) / k
     out["mean"] = float(np.mean(list(out.values())))
     return out
+
+
+def neighbour_agreement(embeddings: np.ndarray, findings: list[str], modalities: list[str]) -> dict[str, float]:
+    """What the study embeddings group by, without any text: for each study, its nearest other study
+    (cosine). ``finding``: the share whose neighbour has the same finding; ``modality``: the share whose
+    neighbour has the same modality. A space grouped by modality more than by finding is why free-text
+    searches mix findings (the text of a query holds no modality to pick the right group).
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    if len(e) < 2:
+        return {"finding": float("nan"), "modality": float("nan")}
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    sims = e @ e.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.argmax(1)
+    return {"finding": float(np.mean([findings[j] == findings[i] for i, j in enumerate(nearest)])),
+            "modality": float(np.mean([modalities[j] == modalities[i] for i, j in enumerate(nearest)]))}

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .quality import FINDING_PROMPTS, SEARCHES, TEMPLATES, demo_classifier, search_precision, zeroshot_auc
+from .quality import (
+    FINDING_PROMPTS,
+    SEARCHES,
+    TEMPLATES,
+    demo_classifier,
+    neighbour_agreement,
+    search_precision,
+    zeroshot_auc,
+)
 
 DEMO_SEED = 2026  # the demo library's seed: never used to train the demo model (see README)
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "weights" / "hlip_demo.safetensors"
@@ -136,8 +144,11 @@ def evaluate_library(model, index, records: list[dict]) -> dict:
     auc = zeroshot_auc(model, emb, labels)
     finding_of = {r["uid"]: (r["findings"][0] if r["findings"] else "normal") for r in records}
     p5 = search_precision(model, index, finding_of)
+    near = neighbour_agreement(emb, [finding_of[uids[i]] for i in keep], [records[i]["modality"] for i in keep])
     print(f"\nQuality on {len(keep)} held-out phantom studies (seed {DEMO_SEED}, never trained on):")
     print("  zero-shot AUC  " + "  ".join(f"{k} {v:.3f}" for k, v in auc.items()))
     print("  search precision@5  " + "  ".join(f'"{k}" {v:.2f}' for k, v in p5.items() if k != "mean")
           + f"  mean {p5['mean']:.2f}")
-    return {"zeroshot_auc": auc, "search_precision_at_5": p5, "studies": len(keep)}
+    print(f"  nearest study (image embeddings): same finding {near['finding']:.2f}, "
+          f"same modality {near['modality']:.2f}")
+    return {"zeroshot_auc": auc, "search_precision_at_5": p5, "nearest_study": near, "studies": len(keep)}

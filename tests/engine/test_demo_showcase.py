@@ -39,7 +39,20 @@ def test_demo_runs_headless_and_reports_quality(tmp_path):
     quality = results["quality"]
     assert quality["studies"] == 5
     assert all(0.0 <= v <= 1.0 for v in quality["zeroshot_auc"].values())
+    assert set(quality["nearest_study"]) == {"finding", "modality"} and "nearest study" in run.stdout
     # a second run reuses the library and the index (nothing regenerated, nothing re-embedded)
     again = subprocess.run([str(hlip), "demo", "--studies", "5", "--out", str(out), "--no-gui"],
                            capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert again.returncode == 0 and "Generating" not in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_neighbour_agreement_says_what_embeddings_group_by():
+    from hlip_engine.demo.quality import neighbour_agreement
+
+    rng = np.random.default_rng(0)
+    by_modality = np.repeat(np.eye(2) * 10, 4, axis=0) + rng.normal(0, 0.1, (8, 2))  # 4 MR then 4 CT
+    findings = ["tumour", "normal"] * 4  # alternate within each modality
+    modalities = ["MR"] * 4 + ["CT"] * 4
+    assert neighbour_agreement(by_modality, findings, modalities) == {"finding": 0.0, "modality": 1.0}
+    by_finding = np.array([[10.0, 0.0] if f == "tumour" else [0.0, 10.0] for f in findings]) + rng.normal(0, 0.1, (8, 2))
+    assert neighbour_agreement(by_finding, findings, modalities)["finding"] == 1.0
