@@ -50,7 +50,7 @@ class Job:
     def __init__(self, title: str, on_busy: Callable[[bool], None] | None = None):
         self.title = title
         self.worker = None
-        self._on_busy = on_busy
+        self._busy_listeners = [on_busy] if on_busy else []
 
     @property
     def running(self) -> bool:
@@ -88,8 +88,7 @@ class Job:
         worker.returned.connect(on_done)
         worker.finished.connect(lambda w=worker: self._finished(w))
         self.worker = worker
-        if self._on_busy:
-            self._on_busy(True)
+        self._set_busy(True)
         worker.start()
         return worker
 
@@ -102,14 +101,34 @@ class Job:
             except (TypeError, RuntimeError):  # nothing connected, or already finished
                 pass
             worker.quit()
-        if self._on_busy:
-            self._on_busy(False)
+        self._set_busy(False)
 
     def _finished(self, worker) -> None:
         if worker is self.worker:
             self.worker = None
-            if self._on_busy:
-                self._on_busy(False)
+            self._set_busy(False)
+
+    def _set_busy(self, busy: bool) -> None:
+        for listener in self._busy_listeners:
+            listener(busy)
+
+    def buttons(self, action, *extra):
+        """A row: ``action`` (stretching), any ``extra`` widgets, then a Cancel button for this job.
+
+        While the job runs the action is disabled and Cancel enabled. Returns ``(layout, cancel_button)``.
+        """
+        from qtpy.QtWidgets import QHBoxLayout, QPushButton
+
+        cancel = QPushButton("Cancel")
+        cancel.setEnabled(False)
+        cancel.clicked.connect(self.cancel)
+        row = QHBoxLayout()
+        row.addWidget(action, 1)
+        for widget in extra:
+            row.addWidget(widget)
+        row.addWidget(cancel)
+        self._busy_listeners.append(lambda busy: (action.setEnabled(not busy), cancel.setEnabled(busy)))
+        return row, cancel
 
     def _errored(self, exc: BaseException, on_error) -> None:
         from napari.utils.notifications import show_error

@@ -11,7 +11,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -76,7 +75,7 @@ class RelevanceWidget(QWidget):
         self.result = None
         self.study = None
         self.layers: list = []
-        self.job = Job("Relevance", on_busy=self._set_busy)
+        self.job = Job("Relevance")
         self.model_box = ModelBox()
 
         self.prompt = QLineEdit()
@@ -90,12 +89,7 @@ class RelevanceWidget(QWidget):
 
         self.run_button = QPushButton("Show where the model sees it")
         self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.job.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button, 1)
-        buttons.addWidget(self.cancel_button)
+        buttons, self.cancel_button = self.job.buttons(self.run_button)
 
         self.colormap = QComboBox()
         self.colormap.addItems(COLORMAPS)
@@ -131,10 +125,6 @@ class RelevanceWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(QLabel("Scan importance (share of relevance)"))
         layout.addWidget(self.chart, 1)
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
 
     # --- running ---------------------------------------------------------------------------------
     def run(self):

@@ -95,7 +95,7 @@ class SearchWidget(QWidget):
         self.viewer = napari_viewer
         self.rows: list[dict] = []
         self.scores: list[float] = []
-        self.job = Job("Search", on_busy=self._set_busy)
+        self.job = Job("Search")
         self.open = Job("Open study")
         self.model_box = ModelBox()
 
@@ -122,13 +122,7 @@ class SearchWidget(QWidget):
         self.like_button = QPushButton("More like the open study")
         self.like_button.setToolTip("Find the studies whose embedding is closest to the study shown in the viewer")
         self.like_button.clicked.connect(self.more_like_this)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.job.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.like_button, 1)
-        buttons.addWidget(self.k)
-        buttons.addWidget(self.cancel_button)
+        buttons, self.cancel_button = self.job.buttons(self.like_button, self.k)
 
         self.status = QLabel("Pick an index and a model, type a description, press Enter.")
         self.status.setWordWrap(True)
@@ -162,10 +156,6 @@ class SearchWidget(QWidget):
     def set_index(self, path: str) -> None:
         self.index_edit.setText(path)
         SETTINGS.update(index=path)
-
-    def _set_busy(self, busy: bool) -> None:
-        self.cancel_button.setEnabled(busy)
-        self.like_button.setEnabled(not busy)
 
     # --- actions ---------------------------------------------------------------------------------
     def search(self, text: str | None = None):

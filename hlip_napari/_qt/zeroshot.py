@@ -11,7 +11,6 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QPlainTextEdit,
@@ -135,7 +134,7 @@ class ZeroShotWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.results: dict[str, float] = {}
-        self.job = Job("Zero-shot", on_busy=self._set_busy)
+        self.job = Job("Zero-shot")
         self.model_box = ModelBox()
 
         self.prompt_set = QComboBox()
@@ -161,12 +160,7 @@ class ZeroShotWidget(QWidget):
 
         self.run_button = QPushButton("Classify the open study")
         self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.job.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button, 1)
-        buttons.addWidget(self.cancel_button)
+        buttons, self.cancel_button = self.job.buttons(self.run_button)
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -194,10 +188,6 @@ class ZeroShotWidget(QWidget):
         self.mode.setCurrentIndex(self.mode.findData(mode))
         self.prompts.setPlainText(prompts)
         self.templates.setPlainText(templates)
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
 
     def run(self):
         """Classify the open study with the prompts as edited."""
