@@ -27,7 +27,7 @@ def param_groups(modules: list[nn.Module], weight_decay: float, *, text_lr_scale
                 continue
             seen.add(id(p))
             leaf = name.rsplit(".", 1)[-1]
-            scaled = text_lr_scale != 1.0 and "text.transformer." in f".{name}"
+            scaled = text_lr_scale != 1.0 and "text.transformer." in name
             if (p.ndim < 2 or name in skip or leaf in skip or "logit_scale" in name or "logit_bias" in name
                     or "norm" in name.lower() or leaf == "bias" or "posemb" in name or "pos_embed" in name
                     or "cls_token" in name):

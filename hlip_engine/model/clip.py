@@ -205,11 +205,10 @@ class HLIPModel(nn.Module):
         from that model's local folder and checks them. If nothing is shared, every tensor is written.
         """
         sd, cfg = self.state_dict(), self.full_config()
-        same, pretrained = (_shared_with_pretrained(self.text) if not text_weights else (set(), None))
+        same, pretrained = _shared_with_pretrained(self.text) if not text_weights else (set(), None)
         if same:
             sd = {k: v for k, v in sd.items() if not (k.startswith(_TEXT_PREFIX) and k[len(_TEXT_PREFIX):] in same)}
-            cfg["text"]["weights"] = {"from": "pretrained", "sha256": text_fingerprint(pretrained),
-                                      "stored": len(self.text.transformer.state_dict()) - len(same)}
+            cfg["text"]["weights"] = {"from": "pretrained", "sha256": text_fingerprint(pretrained)}
         return save_checkpoint(sd, cfg, path)
 
 
