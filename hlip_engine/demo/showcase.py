@@ -26,17 +26,17 @@ DEMO_SEED = 2026  # the demo library's seed: never used to train the demo model 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "weights" / "hlip_demo.safetensors"
 
 
-def ensure_library(folder: Path, n: int) -> list[dict]:
+def ensure_library(folder: Path, n: int, seed: int = DEMO_SEED) -> list[dict]:
     """The phantom library: generated once, then reused (studies.json records what is there)."""
     records_file = folder / "studies.json"
     if records_file.is_file():
         records = json.loads(records_file.read_text())
-        if len(records) == n and all(Path(r["path"]).is_dir() for r in records):
+        if len(records) == n and all(r.get("seed") == seed and Path(r["path"]).is_dir() for r in records):
             return records
     from . import make_studies
 
     print(f"Generating {n} phantom studies in {folder} ...")
-    return make_studies(folder, n, DEMO_SEED, progress=True)
+    return make_studies(folder, n, seed, progress=True)
 
 
 def ensure_index(library: Path, model_path: Path, index_dir: Path):
@@ -134,7 +134,7 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     return results
 
 
-def evaluate_library(model, index, records: list[dict]) -> dict:
+def evaluate_library(model, index, records: list[dict], seed: int = DEMO_SEED) -> dict:
     """Zero-shot macro AUC and search precision@5 on this (held-out) library."""
     uids = [r["uid"] for r in records]
     ids = [index.find(study_uid=u) for u in uids]
@@ -145,7 +145,7 @@ def evaluate_library(model, index, records: list[dict]) -> dict:
     finding_of = {r["uid"]: (r["findings"][0] if r["findings"] else "normal") for r in records}
     p5 = search_precision(model, index, finding_of)
     near = neighbour_agreement(emb, [finding_of[uids[i]] for i in keep], [records[i]["modality"] for i in keep])
-    print(f"\nQuality on {len(keep)} held-out phantom studies (seed {DEMO_SEED}, never trained on):")
+    print(f"\nQuality on {len(keep)} held-out phantom studies (seed {seed}, never trained on):")
     print("  zero-shot AUC  " + "  ".join(f"{k} {v:.3f}" for k, v in auc.items()))
     print("  search precision@5  " + "  ".join(f'"{k}" {v:.2f}' for k, v in p5.items() if k != "mean")
           + f"  mean {p5['mean']:.2f}")
