@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .data import IMAGE_MEAN, IMAGE_STD, split_sentences
-from .reports import match_report, read_reports
+from .reports import keep_sections, match_report, read_reports
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache folder: manifest.json, skipped.json, <study>/<series>/img.pt")
     p.add_argument("--recipe", required=True, help="engine preprocessing recipe: brain-mri, chest-ct, head-ct")
     p.add_argument("--reports", required=True, help="JSON or CSV mapping study uid or folder name -> report text")
+    p.add_argument("--sections", nargs="+", default=[], metavar="NAME",
+                   help="keep only these report sections (e.g. FINDINGS IMPRESSION, as CT-RATE trains); "
+                        "reports without section headers are kept whole")
     p.add_argument("--report-id-column", default="", help="CSV: column holding the study uid / folder")
     p.add_argument("--report-text-column", default="", help="CSV: column holding the report")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -149,6 +152,8 @@ def run(args) -> int:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     skipped: dict[str, str] = {}
     info = {"recipe": args.recipe, "options": options, "dtype": args.dtype}
+    if args.sections:
+        info["sections"] = [s.upper() for s in args.sections]
     info_path = out / "prepare.json"
     if info_path.is_file() and manifest:
         before = json.loads(info_path.read_text())
@@ -173,6 +178,12 @@ def run(args) -> int:
         if report is None or not report:
             skipped[ref.uid or str(folder)] = f"{ref.source}: no report in {args.reports}"
             continue
+        if args.sections:
+            report = keep_sections(report, args.sections)
+            if not report:
+                skipped[ref.uid or str(folder)] = (f"{ref.source}: its report in {args.reports} has none of the "
+                                                   f"sections {' '.join(args.sections)}")
+                continue
         if sid in used:
             skipped[ref.uid] = f"{ref.source}: study id {sid!r} already used by another study"
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 ID_COLUMNS = ("study_uid", "study_id", "studyinstanceuid", "uid", "folder", "accession", "accessionnumber", "id")
@@ -76,3 +77,29 @@ def match_report(reports: dict, candidates: list[str]):
         if key and key in reports:
             return key, reports[key]
     return None, None
+
+
+_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z /&-]*[A-Z]):[ \t]*", re.MULTILINE)
+
+
+def keep_sections(report: str | list[str], sections: list[str]) -> str | list[str]:
+    """Only the named sections of a report written with upper-case headers ("FINDINGS: ...", "IMPRESSION: ...").
+
+    CT-RATE trains on findings + impression; clinical history, technique and comparison describe the request
+    and the protocol, not the images. A header starts a line (or a sentence of a sentence list) and runs to
+    the next header. A report without headers is kept whole; one with headers but none of ``sections``
+    comes back empty (the study then has no usable report). Header names compare case-insensitively.
+    """
+    as_list = not isinstance(report, str)
+    text = "\n".join(str(s) for s in report) if as_list else report
+    heads = list(_HEADER.finditer(text))
+    if not heads:
+        return report
+    wanted = {s.strip().upper() for s in sections}
+    kept = []
+    for h, nxt in zip(heads, heads[1:] + [None]):
+        if h.group(1).strip().upper() in wanted:
+            kept.append(text[h.start():nxt.start() if nxt else len(text)].strip())
+    if as_list:
+        return [line for part in kept for line in part.split("\n") if line.strip()]
+    return "\n".join(kept)

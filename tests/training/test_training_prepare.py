@@ -102,6 +102,34 @@ def test_reports_file_errors_name_the_file(tmp_path, archive):
                          "--reports", str(bad)]) == 2
 
 
+def test_sections_keep_findings_and_impression_only(archive, tmp_path):
+    from training.reports import keep_sections
+
+    text = ("CLINICAL HISTORY: Fall.\nTECHNIQUE: Axial non-contrast CT of the head.\n"
+            "FINDINGS: No acute haemorrhage. Ventricles normal.\nIMPRESSION: Normal non-contrast CT of the head.")
+    assert keep_sections(text, ["findings", "IMPRESSION"]) == (
+        "FINDINGS: No acute haemorrhage. Ventricles normal.\nIMPRESSION: Normal non-contrast CT of the head.")
+    sentences = ["CLINICAL HISTORY: Fall.", "FINDINGS: Acute infarct.", "No haemorrhage.", "IMPRESSION: Infarct."]
+    assert keep_sections(sentences, ["FINDINGS", "IMPRESSION"]) == sentences[1:]
+    assert keep_sections("Normal study. No acute infarct.", ["FINDINGS"]) == "Normal study. No acute infarct."
+    assert keep_sections("COMPARISON: None.", ["FINDINGS"]) == ""
+
+    root, _, uids = archive
+    reports = tmp_path / "reports.json"
+    reports.write_text(json.dumps({uids["patient0"]: text, uids["patient1"]: "CLINICAL HISTORY: Headache.",
+                                   uids["patient2"]: "Normal study."}))
+    out = tmp_path / "cache"
+    assert prepare_main([str(root), "--out", str(out), "--recipe", "brain-mri", "--reports", str(reports),
+                         "--workers", "0", "--sections", "FINDINGS", "IMPRESSION", *OPTIONS]) == 0
+    manifest = load_manifest(out / "manifest.json")
+    assert manifest[uids["patient0"]]["report"] == ["FINDINGS: No acute haemorrhage.", "Ventricles normal.",
+                                                   "IMPRESSION: Normal non-contrast CT of the head."]
+    assert manifest[uids["patient2"]]["report"] == ["Normal study."]
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert any("none of the sections FINDINGS IMPRESSION" in why for why in skipped.values())
+    assert uids["patient1"] not in manifest
+
+
 def test_training_runs_on_the_prepared_cache(archive, tmp_path):
     """prepare -> pretrain on real (DICOM-derived) data, then continue from the exported model with --init."""
     from training.config import parse_config
