@@ -7,6 +7,6 @@ reformats) with one finding or none each, a report per study, ``reports.json`` a
 from __future__ import annotations
 
 from .findings import FINDINGS, LOBES
-from .studies import make_studies, plan_library
+from .studies import make_studies, plan_library, report_for
 
-__all__ = ["FINDINGS", "LOBES", "make_studies", "plan_library"]
+__all__ = ["FINDINGS", "LOBES", "make_studies", "plan_library", "report_for"]

@@ -1,8 +1,9 @@
 """Radiology reports for the phantom studies, in the varied phrasing of different radiologists.
 
 A report says what the phantom holds and nothing it does not: the finding with its side, lobe, territory and
-size, pertinent negatives, and an impression. Several templates per finding, optional header sections and
-British or American spelling (one per report) keep a text model from matching one fixed sentence.
+size, pertinent negatives, and an impression (sometimes led by the umbrella term radiologists use and people
+search for: "Acute intracranial haemorrhage: ..."). Several templates per finding, optional header sections
+and British or American spelling (one per report) keep a text model from matching one fixed sentence.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def _haemorrhage(d: dict, rng, modality: str, dwi: bool = False) -> tuple[list[s
                  f"Acute {side} holohemispheric subdural haemorrhage, up to {thick} mm thick."]
         impression = _pick(rng, [f"Acute {side} subdural haematoma.",
                                  f"Acute {side} convexity subdural haemorrhage, up to {thick} mm.",
-                                 f"{side.capitalize()} acute subdural haematoma measuring {thick} mm."])
+                                 f"{side.capitalize()} acute subdural haematoma measuring {thick} mm.",
+                                 f"Acute intracranial haemorrhage: {side} convexity subdural haematoma."])
         return [_pick(rng, lines)], impression
     loc = d["lobe"] if d["lobe"] == "basal ganglia" else f"{d['lobe']} lobe"
     size = _cm(d["size_mm"])
@@ -133,7 +135,8 @@ def _haemorrhage(d: dict, rng, modality: str, dwi: bool = False) -> tuple[list[s
              f"A {size} cm hyperdense haematoma is present within the {side} {loc}."]
     impression = _pick(rng, [f"Acute {side} {loc} intraparenchymal haemorrhage.",
                              f"Acute intracerebral haematoma in the {side} {loc}.",
-                             f"{side.capitalize()} {loc} intraparenchymal haemorrhage measuring {size} cm."])
+                             f"{side.capitalize()} {loc} intraparenchymal haemorrhage measuring {size} cm.",
+                             f"Acute intracranial haemorrhage: {side} {loc} intraparenchymal haematoma."])
     return [_pick(rng, lines)], impression
 
 

@@ -5,7 +5,8 @@ are balanced over the library (normal, tumour, infarct, haemorrhage, atrophy in 
 a head-CT finding, the others appear on MRI two times in three and on CT otherwise. Study ``i`` of a seed is
 drawn from its own generator, so the same (seed, i) always gives the same pixels, headers, UIDs and report,
 whatever ``n`` is (SOPInstanceUIDs of the slices are the one exception while ``write_dicom_series`` draws them
-at random).
+at random). The report has a generator of its own, so ``report_for(record)`` rewrites it from the record alone
+(after a change of report templates, without rendering the images again).
 
 Out_dir layout::
 
@@ -57,7 +58,8 @@ def plan_library(n: int, seed: int) -> list[tuple[str, str]]:
 def study_uid(seed: int, index: int) -> str:
     from pydicom.uid import generate_uid
 
-    return generate_uid(entropy_srcs=["hlip-explorer-phantom", str(seed), str(index)])
+    # named parts: pydicom joins the sources, and "1" + "13" must not equal "11" + "3"
+    return generate_uid(entropy_srcs=["hlip-explorer-phantom", f"seed={seed}", f"study={index}"])
 
 
 def _series_uid(study_uid: str, number: int) -> str:
@@ -148,13 +150,20 @@ def _make_study(out: Path, i: int, seed: int, kind: str, modality: str) -> dict:
         series.append({"number": plan.number, "description": plan.description, "contrast": plan.contrast,
                        "plane": "3-plane" if len(scans) > 1 else plan.plane, "slices": plan.slices,
                        "localizer": "LOCALIZER" in plan.image_type, "image_type": list(plan.image_type)})
-    described = [s["description"] for s in series if not s["localizer"]]
-    report, impression = write_report(details, modality, described, rng)
+    record = {"details": details, "modality": modality, "series": series, "seed": int(seed), "index": i}
+    report, impression = report_for(record)
     return {"uid": uid, "path": str(folder), "modality": modality,
             "findings": [] if kind == "normal" else [kind], "details": details,
             "labels": {f: int(f == kind) for f in FINDINGS}, "report": report, "impression": impression,
             "description": description, "date": date.strftime("%Y%m%d"), "patient_name": patient.name,
             "age": age, "sex": sex, "series": series, "protocol": protocol, "seed": int(seed), "index": i}
+
+
+def report_for(record: dict) -> tuple[str, str]:
+    """(report, impression) of a study record (``make_studies``' dict: details, modality, series, seed, index)."""
+    described = [s["description"] for s in record["series"] if not s["localizer"]]
+    rng = np.random.default_rng([record["seed"], record["index"] + 1, 7])  # the report's own stream
+    return write_report(record["details"], record["modality"], described, rng)
 
 
 def _write_multiplane(scans: list[Scan], folder: Path, number: int, image_type, extra: dict, common: dict) -> None:

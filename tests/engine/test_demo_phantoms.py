@@ -177,6 +177,16 @@ def test_reports_name_the_finding_side_and_place(library):
                                            if d["finding"] == "haemorrhage" else ("mass", "tumour", "tumor")))
 
 
+def test_report_is_rewritten_from_the_record_alone(library):
+    from hlip_engine.demo import report_for
+
+    for r in library[1]:
+        assert report_for(r) == (r["report"], r["impression"])
+    hit = [r for r in library[1] if r["details"]["finding"] == "haemorrhage"][0]
+    other = {**hit, "index": hit["index"] + 1000}  # another stream: same finding and side, new wording
+    assert hit["details"]["side"] in report_for(other)[0]
+
+
 def _without_instance_uid(path: Path) -> bytes:
     """The file's bytes with its SOPInstanceUID blanked (meta and dataset): the writer draws a fresh UID per
     file, everything else (pixels, geometry, series/study UIDs, names, dates) must come from the seed."""
@@ -214,3 +224,10 @@ def test_bad_arguments_are_refused(tmp_path):
         make_studies(tmp_path, n=0, seed=0)
     with pytest.raises(ValueError, match="unknown finding"):
         sample_finding("fracture", np.random.default_rng(0))
+
+
+def test_study_uids_differ_across_seeds_and_indices():
+    from hlip_engine.demo.studies import study_uid
+
+    uids = {study_uid(seed, i) for seed in (1, 11, 111) for i in range(150)}
+    assert len(uids) == 450  # "1" + "13" once collided with "11" + "3"
