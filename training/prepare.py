@@ -152,8 +152,9 @@ def run(args) -> int:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     skipped: dict[str, str] = {}
     info = {"recipe": args.recipe, "options": options, "dtype": args.dtype}
-    if args.sections:
-        info["sections"] = [s.upper() for s in args.sections]
+    sections = [s.upper() for s in args.sections]
+    if sections:
+        info["sections"] = sections
     info_path = out / "prepare.json"
     if info_path.is_file() and manifest:
         before = json.loads(info_path.read_text())
@@ -178,11 +179,11 @@ def run(args) -> int:
         if report is None or not report:
             skipped[ref.uid or str(folder)] = f"{ref.source}: no report in {args.reports}"
             continue
-        if args.sections:
-            report = keep_sections(report, args.sections)
+        if sections:
+            report = keep_sections(report, sections)
             if not report:
                 skipped[ref.uid or str(folder)] = (f"{ref.source}: its report in {args.reports} has none of the "
-                                                   f"sections {' '.join(args.sections)}")
+                                                   f"sections {' '.join(sections)}")
                 continue
         if sid in used:
             skipped[ref.uid] = f"{ref.source}: study id {sid!r} already used by another study"

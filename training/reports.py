@@ -98,7 +98,7 @@ def keep_sections(report: str | list[str], sections: list[str]) -> str | list[st
     wanted = {s.strip().upper() for s in sections}
     kept = []
     for h, nxt in zip(heads, heads[1:] + [None]):
-        if h.group(1).strip().upper() in wanted:
+        if h.group(1) in wanted:  # the pattern matches upper-case names without edge spaces
             kept.append(text[h.start():nxt.start() if nxt else len(text)].strip())
     if as_list:
         return [line for part in kept for line in part.split("\n") if line.strip()]

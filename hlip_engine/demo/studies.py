@@ -150,13 +150,13 @@ def _make_study(out: Path, i: int, seed: int, kind: str, modality: str) -> dict:
         series.append({"number": plan.number, "description": plan.description, "contrast": plan.contrast,
                        "plane": "3-plane" if len(scans) > 1 else plan.plane, "slices": plan.slices,
                        "localizer": "LOCALIZER" in plan.image_type, "image_type": list(plan.image_type)})
-    record = {"details": details, "modality": modality, "series": series, "seed": int(seed), "index": i}
-    report, impression = report_for(record)
-    return {"uid": uid, "path": str(folder), "modality": modality,
-            "findings": [] if kind == "normal" else [kind], "details": details,
-            "labels": {f: int(f == kind) for f in FINDINGS}, "report": report, "impression": impression,
-            "description": description, "date": date.strftime("%Y%m%d"), "patient_name": patient.name,
-            "age": age, "sex": sex, "series": series, "protocol": protocol, "seed": int(seed), "index": i}
+    record = {"uid": uid, "path": str(folder), "modality": modality,
+              "findings": [] if kind == "normal" else [kind], "details": details,
+              "labels": {f: int(f == kind) for f in FINDINGS}, "report": "", "impression": "",
+              "description": description, "date": date.strftime("%Y%m%d"), "patient_name": patient.name,
+              "age": age, "sex": sex, "series": series, "protocol": protocol, "seed": int(seed), "index": i}
+    record["report"], record["impression"] = report_for(record)
+    return record
 
 
 def report_for(record: dict) -> tuple[str, str]:
