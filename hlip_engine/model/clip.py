@@ -34,6 +34,23 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 # --------------------------------------------------------------------------------------------------
 # architecture registry
 # --------------------------------------------------------------------------------------------------
+QUERY_BANKS = Path(__file__).resolve().parent.parent / "data" / "query_bank.json"
+
+
+@lru_cache(maxsize=1)
+def _query_banks() -> dict[str, list[str]]:
+    return {k: v for k, v in json.loads(QUERY_BANKS.read_text()).items() if not k.startswith("_")}
+
+
+def query_bank(name: str) -> list[str]:
+    """The typical queries of one domain (see ``HLIPModel.encode_query``)."""
+    banks = _query_banks()
+    if name not in banks:
+        raise ValueError(f"unknown query bank {name!r} (text.query_bank in the model config); "
+                         f"known: {', '.join(banks)}")
+    return list(banks[name])
+
+
 @lru_cache(maxsize=1)
 def _registry() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
@@ -128,14 +145,47 @@ class HLIPModel(nn.Module):
             out = self.text(ids.to(self.device)).float()
         return F.normalize(out, dim=-1) if normalize else out
 
-    def encode_query(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+    def encode_query(self, texts: list[str], normalize: bool = True, centre: bool = True) -> torch.Tensor:
         """Free-text search queries -> [T, E], phrased as the model read reports in training.
 
         The config's ``text.query_prefix`` (e.g. "This study shows: ", recorded by training.pretrain from
         its report prefix) goes before each query, so a query meets the studies where their reports did.
+
+        centre: subtract the mean embedding of typical queries of the model's domain (``query_bank``) from
+        each query. Ranking studies by the centred query ranks them by how much more they match this
+        query than they match typical queries, so a study close to every finding query (a hub; with the
+        demo model, any head CT for any "haemorrhage" phrasing) stops topping every search. Zero-shot
+        is untouched (its softmax over classes already cancels any shift shared by all classes). The
+        "modality gap" of CLIP spaces (Liang et al. 2022) and query-bank normalisation (Bogolin et al.
+        2022) are the same observation. ``centre=False`` gives the plain text embedding.
         """
         prefix = (self.config.get("text") or {}).get("query_prefix", "")
-        return self.encode_text([prefix + str(t).strip() for t in texts], normalize=normalize)
+        query = self.encode_text([prefix + str(t).strip() for t in texts], normalize=True)
+        if centre and (bank := self.query_bank()):
+            query = query - self._bank_mean(bank)
+        return F.normalize(query, dim=-1) if normalize else query
+
+    def query_bank(self) -> str | None:
+        """The bank of typical queries ``encode_query`` centres on: ``text.query_bank`` in the config
+        (a name in hlip_engine/data/query_bank.json, or null for none), else by the model's recipe:
+        "chest" for chest CT models, "neuro" for the brain MRI / head CT ones."""
+        text = self.config.get("text") or {}
+        if "query_bank" in text:
+            return text["query_bank"] or None
+        recipe = str((self.config.get("preprocess") or {}).get("recipe") or "")
+        return "chest" if "chest" in recipe else "neuro"
+
+    def _bank_mean(self, bank: str) -> torch.Tensor:
+        """Mean of the bank's normalised query embeddings, cached until a text weight changes."""
+        version = (str(self.device), *(p._version for p in self.text.parameters()))
+        cached = getattr(self, "_bank_cache", None)
+        if cached is not None and cached[:2] == (bank, version):
+            return cached[2]
+        prefix = (self.config.get("text") or {}).get("query_prefix", "")
+        with torch.no_grad():
+            mean = self.encode_text([prefix + t for t in query_bank(bank)], normalize=True).mean(0)
+        self._bank_cache = (bank, version, mean)
+        return mean
 
     def forward(self, image=None, text=None, scan_counts=None) -> dict:
         """open_clip-style: normalised features + the scales, for training loops."""

@@ -88,14 +88,17 @@ def test_build_search_and_refuse_another_model(tiny, tmp_path, capsys):
     stored = b"".join(p.read_bytes() for p in ix.rglob("*") if p.is_file())
     assert b"ROE^RICHARD" not in stored and b"PX277" not in stored
 
-    # free-text search: the index's own model encodes the text; scores are cosine similarities
-    assert hlip(["search", str(ix), "small bright lesion", "-k", "3", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)["hits"]
+    # free-text search: the index's own model encodes the text; scores are cosine similarities to the
+    # query centred on the typical queries of the model's domain, or (--plain) to the plain query
+    all_vecs = index.vectors(np.arange(4))
     with torch.inference_mode():
         text = model.encode_text(["small bright lesion"]).numpy()[0]
-    all_vecs = index.vectors(np.arange(4))
-    want = np.sort(all_vecs @ text)[::-1][:3]
-    np.testing.assert_allclose([h["score"] for h in hits], want, atol=1e-3)
+        centred = model.encode_query(["small bright lesion"]).numpy()[0]
+    for flags, query in (([], centred), (["--plain"], text)):
+        assert hlip(["search", str(ix), "small bright lesion", "-k", "3", "--json", *flags]) == 0
+        hits = json.loads(capsys.readouterr().out)["hits"]
+        np.testing.assert_allclose([h["score"] for h in hits], np.sort(all_vecs @ query)[::-1][:3], atol=1e-3)
+        assert [h["path"] for h in hits] == [index.metadata([i])[0]["path"] for i in np.argsort(-(all_vecs @ query))[:3]]
     # --like a study of the index: itself excluded; filters apply
     assert hlip(["search", str(ix), "--like", str(tiny["folders"][0]), "--json", "--date-from", "2024-02-01"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]

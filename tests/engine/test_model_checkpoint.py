@@ -239,6 +239,6 @@ def test_search_queries_get_the_training_report_prefix_and_it_survives_saving(tm
     model.config["text"]["query_prefix"] = "This study shows: "
     back = load_model(model.save(tmp_path / "m.safetensors"), device="cpu")
     with torch.no_grad():
-        query = back.encode_query(["  left frontal mass "])
+        query = back.encode_query(["  left frontal mass "], centre=False)
         assert torch.allclose(query, model.encode_text(["This study shows: left frontal mass"]), atol=1e-6)
         assert not torch.allclose(query, model.encode_text(["left frontal mass"]), atol=1e-3)
