@@ -155,7 +155,7 @@ def test_relevance_widget_overlays_each_scan_and_jumps_to_the_peak(tiny_checkpoi
 # --- search ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, tiny_model):
-    """Two real studies on disk, and a 40-study index whose row 2 is the text embedding of QUERY."""
+    """Two real studies on disk, and a 40-study index whose row 2 is the search vector of QUERY."""
     from hlip_engine import load_study
     from hlip_engine.index import StudyIndex
 
@@ -172,7 +172,7 @@ def library(tmp_path_factory, tiny_model):
     with torch.no_grad():
         vectors = [tiny_model.encode_study(s, recipe="head-ct" if s.modality == "CT" else None).numpy()
                    for s in studies]
-        vectors.append(tiny_model.encode_text([QUERY])[0].numpy())
+        vectors.append(tiny_model.encode_query([QUERY])[0].numpy())  # what a search for QUERY looks up
     vectors += list(rng.normal(size=(37, tiny_model.embed_dim)))
     vectors = np.asarray(vectors, dtype=np.float32)
     meta = [dict(key=s.uid, path=s.source, study_uid=s.uid, date=s.date, modality=s.modality,
@@ -199,14 +199,15 @@ def test_search_widget_ranks_opens_and_finds_similar(library, tiny_checkpoint, m
     qtbot.keyClick(sw.query, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: sw.table.rowCount() == 20, timeout=120_000)
     assert sw.rows[0]["description"] == "target: left frontal glioma"
-    assert sw.table.item(0, 0).text() == "1.000"  # its own text embedding (float16 storage)
+    assert sw.table.item(0, 0).text() == "1.000"  # its own search vector (float16 storage)
     assert sw.table.item(0, 1).text() == "2023-03-05" and sw.table.item(0, 2).text() == "MR"
     assert sw.scores == sorted(sw.scores, reverse=True)
     _grab(viewer, "Search studies", screenshot_dir / "search.png")
 
     # double-click opens the study the row points at
-    row = next(i for i, r in enumerate(sw.rows) if r["study_uid"] == studies[1].uid)
-    sw.table.cellDoubleClicked.emit(row, 3)
+    # (the top row's metadata points at the MR study's folder)
+    assert sw.rows[0]["path"] == studies[1].source
+    sw.table.cellDoubleClicked.emit(0, 3)
     qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
     assert viewer.layers[0].metadata["study_description"] == "MR BRAIN"
 
@@ -220,7 +221,7 @@ def test_search_widget_ranks_opens_and_finds_similar(library, tiny_checkpoint, m
 
 @pytest.fixture(scope="module")
 def big_index(tmp_path_factory, tiny_model):
-    """100,000 clustered 512-d study embeddings (as real ones cluster); row 54,321 is QUERY's embedding."""
+    """100,000 clustered 512-d study embeddings (as real ones cluster); row 54,321 is QUERY's search vector."""
     from hlip_engine.index import StudyIndex
 
     n, dim = 100_000, tiny_model.embed_dim
@@ -228,7 +229,7 @@ def big_index(tmp_path_factory, tiny_model):
     centres = rng.normal(size=(1000, dim)).astype(np.float32)
     vectors = centres[rng.integers(0, 1000, n)] + 0.3 * rng.normal(size=(n, dim)).astype(np.float32)
     with torch.no_grad():
-        vectors[54_321] = tiny_model.encode_text([QUERY])[0].numpy()
+        vectors[54_321] = tiny_model.encode_query([QUERY])[0].numpy()
     meta = [dict(key=f"k{i}", path=f"/archive/{i}", study_uid=f"1.{i}", date="20240101", modality="MR",
                  description=f"study {i}", n_scans=4, recipe="brain-mri") for i in range(n)]
     path = tmp_path_factory.mktemp("big") / "index"
