@@ -50,10 +50,14 @@ def zeroshot_auc(model, embeddings: np.ndarray, labels: list[dict]) -> dict[str,
     return out
 
 
-def search_precision(model, index, finding_of_uid: dict[str, str], k: int = 5) -> dict[str, float]:
-    """Precision@k of each free-text search in ``index``; "mean" over the searches."""
+def search_precision(model, index, finding_of_uid: dict[str, str], k: int = 5, *, centre: bool = True,
+                     ) -> dict[str, float]:
+    """Precision@k of each free-text search in ``index``; "mean" over the searches.
+
+    centre: queries as ``hlip search`` ranks by (centred on typical queries); False: plain cosine.
+    """
     queries = [q for q, _ in SEARCHES]
-    text = model.encode_query(queries).float().cpu().numpy()
+    text = model.encode_query(queries, centre=centre).float().cpu().numpy()
     _, ids = index.search(text, k)
     out = {}
     for (query, finding), row in zip(SEARCHES, ids):

@@ -40,6 +40,9 @@ def test_demo_runs_headless_and_reports_quality(tmp_path):
     assert quality["studies"] == 5
     assert all(0.0 <= v <= 1.0 for v in quality["zeroshot_auc"].values())
     assert set(quality["nearest_study"]) == {"finding", "modality"} and "nearest study" in run.stdout
+    for key in ("search_precision_at_5", "search_precision_at_5_plain"):  # as hlip search ranks, and plain
+        assert len(quality[key]) == 6 and all(0.0 <= v <= 1.0 for v in quality[key].values())
+    assert "plain cosine" in run.stdout
     # a second run reuses the library and the index (nothing regenerated, nothing re-embedded)
     again = subprocess.run([str(hlip), "demo", "--studies", "5", "--out", str(out), "--no-gui"],
                            capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
