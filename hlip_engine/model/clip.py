@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 
 
 # --------------------------------------------------------------------------------------------------
-# architecture registry
+# typical search queries per domain (HLIPModel.encode_query centres on them)
 # --------------------------------------------------------------------------------------------------
 QUERY_BANKS = Path(__file__).resolve().parent.parent / "data" / "query_bank.json"
 
@@ -51,6 +51,9 @@ def query_bank(name: str) -> list[str]:
     return list(banks[name])
 
 
+# --------------------------------------------------------------------------------------------------
+# architecture registry
+# --------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _registry() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
@@ -158,6 +161,8 @@ class HLIPModel(nn.Module):
         is untouched (its softmax over classes already cancels any shift shared by all classes). The
         "modality gap" of CLIP spaces (Liang et al. 2022) and query-bank normalisation (Bogolin et al.
         2022) are the same observation. ``centre=False`` gives the plain text embedding.
+        normalize=False: the vector before its final normalisation (the normalised text embedding,
+        centred or not).
         """
         prefix = (self.config.get("text") or {}).get("query_prefix", "")
         query = self.encode_text([prefix + str(t).strip() for t in texts], normalize=True)
@@ -177,7 +182,10 @@ class HLIPModel(nn.Module):
 
     def _bank_mean(self, bank: str) -> torch.Tensor:
         """Mean of the bank's normalised query embeddings, cached until a text weight changes."""
-        version = (str(self.device), *(p._version for p in self.text.parameters()))
+        try:
+            version = (str(self.device), *(p._version for p in self.text.parameters()))
+        except RuntimeError:  # a model built under torch.inference_mode: its tensors keep no version counter
+            version = (str(self.device), *(p.data_ptr() for p in self.text.parameters()))
         cached = getattr(self, "_bank_cache", None)
         if cached is not None and cached[:2] == (bank, version):
             return cached[2]

@@ -70,3 +70,11 @@ def test_the_bank_follows_the_config_or_the_recipe():
     m.config["text"]["query_bank"] = "spine"
     with pytest.raises(ValueError, match=r"unknown query bank 'spine'.*known: neuro, chest"):
         m.encode_query(["disc herniation"])
+
+
+def test_a_model_built_under_inference_mode_centres_its_queries_too():
+    with torch.inference_mode():  # its tensors keep no version counter to key the cache on
+        m = create_model("hlip_tiny").eval()
+        got = m.encode_query(["acute infarct"])
+        want = F.normalize(_plain(m, ["acute infarct"]) - _plain(m, query_bank("neuro")).mean(0), dim=-1)
+        assert torch.allclose(got, want, atol=1e-6) and torch.equal(m.encode_query(["acute infarct"]), got)
