@@ -154,7 +154,7 @@ class HLIPModel(nn.Module):
         The config's ``text.query_prefix`` (e.g. "This study shows: ", recorded by training.pretrain from
         its report prefix) goes before each query, so a query meets the studies where their reports did.
 
-        centre: subtract the mean embedding of typical queries of the model's domain (``query_bank``) from
+        centre: subtract the mean embedding of typical queries of the model's domain (``query_bank_name``) from
         each query. Ranking studies by the centred query ranks them by how much more they match this
         query than they match typical queries, so a study close to every finding query (a hub; with the
         demo model, any head CT for any "haemorrhage" phrasing) stops topping every search. Zero-shot
@@ -166,11 +166,11 @@ class HLIPModel(nn.Module):
         """
         prefix = (self.config.get("text") or {}).get("query_prefix", "")
         query = self.encode_text([prefix + str(t).strip() for t in texts], normalize=True)
-        if centre and (bank := self.query_bank()):
+        if centre and (bank := self.query_bank_name()):
             query = query - self._bank_mean(bank)
         return F.normalize(query, dim=-1) if normalize else query
 
-    def query_bank(self) -> str | None:
+    def query_bank_name(self) -> str | None:
         """The bank of typical queries ``encode_query`` centres on: ``text.query_bank`` in the config
         (a name in hlip_engine/data/query_bank.json, or null for none), else by the model's recipe:
         "chest" for chest CT models, "neuro" for the brain MRI / head CT ones."""
@@ -189,9 +189,8 @@ class HLIPModel(nn.Module):
         cached = getattr(self, "_bank_cache", None)
         if cached is not None and cached[:2] == (bank, version):
             return cached[2]
-        prefix = (self.config.get("text") or {}).get("query_prefix", "")
         with torch.no_grad():
-            mean = self.encode_text([prefix + t for t in query_bank(bank)], normalize=True).mean(0)
+            mean = self.encode_query(query_bank(bank), centre=False).mean(0)
         self._bank_cache = (bank, version, mean)
         return mean
 

@@ -61,9 +61,9 @@ def test_bank_mean_is_recomputed_after_the_text_weights_change():
 
 def test_the_bank_follows_the_config_or_the_recipe():
     m = create_model("hlip_tiny").eval()
-    assert m.query_bank() == "neuro"
+    assert m.query_bank_name() == "neuro"
     m.config["preprocess"] = {"recipe": "chest-ct"}
-    assert m.query_bank() == "chest"
+    assert m.query_bank_name() == "chest"
     m.config["text"]["query_bank"] = None
     with torch.no_grad():
         assert torch.equal(m.encode_query(["nodule"]), _plain(m, ["nodule"]))
