@@ -51,6 +51,8 @@ class TrainConfig:
     loss: str = opt("clip", "contrastive loss", choices=["clip", "siglip"])
     local_loss: bool = opt(False, "CLIP: score only this rank's rows against the gathered batch")
     gather_with_grad: bool = opt(False, "let gradients flow through the all-gathered features")
+    text_target_tau: float = opt(0.0, "CLIP: soft targets softmax(cos(report_i, report_j) / tau) so repeated "
+                                      "reports are not negatives of each other (0 = one-hot, plain CLIP)")
     max_logit_scale: float = opt(100.0, "clamp exp(logit_scale) to this temperature")
     # --- optimisation ---
     batch_size: int = opt(8, "studies per rank per micro-batch")

@@ -43,12 +43,21 @@ class ClipLoss(nn.Module):
 
     local_loss: score only this rank's rows against all gathered columns (B x world*B logits instead of
     world*B squared); needs ``gather_with_grad`` to be exact.
+    text_target_tau: 0 (CLIP) or the temperature of soft targets built from the reports themselves: the
+    target of study i over reports j is softmax_j(cos(report_i, report_j) / tau) (detached text features).
+    Uncurated reports repeat ("No acute intracranial abnormality."), and plain CLIP pushes two studies
+    with the same report apart as negatives; soft targets let same-meaning reports share the target
+    instead (the false-negative problem MedCLIP's semantic matching loss addresses). As tau -> 0 the
+    target is uniform over identical reports and one-hot otherwise.
     """
 
-    def __init__(self, *, local_loss: bool = False, gather_with_grad: bool = False):
+    def __init__(self, *, local_loss: bool = False, gather_with_grad: bool = False, text_target_tau: float = 0.0):
         super().__init__()
+        if text_target_tau < 0:
+            raise ValueError(f"text_target_tau must be >= 0, got {text_target_tau}")
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
+        self.text_target_tau = float(text_target_tau)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,6 +77,11 @@ class ClipLoss(nn.Module):
             logits_per_image = scale * all_image @ all_text.T  # [W*B, W*B]
             logits_per_text = logits_per_image.T
             labels = torch.arange(all_image.shape[0], device=image.device)
+        if self.text_target_tau > 0:
+            rows = text if (self.local_loss and world > 1) else all_text
+            with torch.no_grad():
+                sims = rows.detach().float() @ all_text.detach().float().T  # same shape as the logits
+                labels = torch.softmax(sims / self.text_target_tau, dim=1)  # soft targets (rows sum to 1)
         return (F.cross_entropy(logits_per_image.float(), labels)
                 + F.cross_entropy(logits_per_text.float(), labels)) / 2
 
@@ -97,9 +111,12 @@ class SigLipLoss(nn.Module):
         return -F.logsigmoid(targets * logits.float()).sum() / b
 
 
-def create_loss(name: str, *, local_loss: bool = False, gather_with_grad: bool = False) -> nn.Module:
+def create_loss(name: str, *, local_loss: bool = False, gather_with_grad: bool = False,
+                text_target_tau: float = 0.0) -> nn.Module:
     if name == "clip":
-        return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad)
+        return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, text_target_tau=text_target_tau)
+    if text_target_tau:
+        raise ValueError("--text-target-tau applies to the CLIP loss only")
     if name == "siglip":
         return SigLipLoss(gather_with_grad=True)
     raise ValueError(f"unknown loss {name!r}: choose 'clip' or 'siglip'")

@@ -244,7 +244,8 @@ def train(cfg: TrainConfig, env: Dist | None = None):
 
     # -- model, loss, optimiser --------------------------------------------------------------------------
     model = build_model(cfg, log=lambda m: say(env, m))
-    loss_fn = create_loss(cfg.loss, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
+    loss_fn = create_loss(cfg.loss, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+                          text_target_tau=cfg.text_target_tau)
     if cfg.loss == "siglip" and not cfg.init:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(10.0))  # SigLIP's initial temperature

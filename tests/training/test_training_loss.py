@@ -27,6 +27,40 @@ def test_clip_loss_is_symmetric_cross_entropy():
     assert ClipLoss()(image, image.roll(1, 0), torch.tensor(math.log(100.0))).item() > math.log(6)
 
 
+def test_soft_text_targets_share_the_target_among_repeated_reports():
+    image, text = features(3)
+    text = torch.cat([text[:4], text[:1], text[:1]])  # rows 4 and 5 repeat report 0 ("No acute abnormality.")
+    scale, tau = torch.tensor(math.log(10.0)), 0.1
+    logits = 10.0 * image @ text.T
+    targets = torch.softmax(text @ text.T / tau, dim=1)
+    # written out: cross-entropy against the soft targets, by rows and by columns
+    expected = (-(targets * torch.log_softmax(logits, dim=1)).sum(1).mean()
+                - (targets * torch.log_softmax(logits.T, dim=1)).sum(1).mean()) / 2
+    soft = ClipLoss(text_target_tau=tau)
+    assert soft(image, text, scale).item() == pytest.approx(expected.item(), rel=1e-6)
+    # a repeated report's target is shared evenly by its three studies, and is far above any other report's
+    assert targets[0, 4] == pytest.approx(targets[0, 0].item()) and targets[0, 5] == pytest.approx(targets[0, 0].item())
+    assert targets[0, 0] > 10 * targets[0, 1:4].max()
+    # two near-identical reports ("No acute intracranial abnormality." / "... process."), each study on its
+    # own report: a step of plain CLIP moves study 1 away from report 0; with soft targets, towards it
+    near = text.clone()
+    near[1] = F.normalize(near[0] + 0.1 * near[1], dim=-1)
+    hi = torch.tensor(math.log(50.0))
+    for loss_fn, sign in ((ClipLoss(), -1.0), (soft, 1.0)):
+        i = near.clone().requires_grad_(True)
+        loss_fn(i, near, hi).backward()
+        step = -i.grad[1]  # gradient descent direction of study 1
+        assert sign * float(step @ (near[0] - near[1])) > 0
+    # sharp temperature and distinct reports: the same as plain CLIP
+    distinct = F.normalize(torch.eye(6, 8) + 0.01, dim=-1)
+    assert ClipLoss(text_target_tau=0.01)(image, distinct, scale).item() == pytest.approx(
+        ClipLoss()(image, distinct, scale).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="CLIP loss only"):
+        create_loss("siglip", text_target_tau=0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        ClipLoss(text_target_tau=-1.0)
+
+
 def test_siglip_loss_is_a_sum_of_pairwise_logistic_terms():
     image, text = features(1)
     loss = SigLipLoss(bias_init=-3.0)
@@ -47,7 +81,9 @@ def _rank_worker(rank, world, init_file, image, text, results):
     scale = torch.tensor(math.log(20.0))
     out = {}
     cases = {"clip": ClipLoss(), "clip_grad": ClipLoss(gather_with_grad=True),
-             "clip_local": ClipLoss(local_loss=True, gather_with_grad=True), "siglip": SigLipLoss(bias_init=-2.0)}
+             "clip_local": ClipLoss(local_loss=True, gather_with_grad=True), "siglip": SigLipLoss(bias_init=-2.0),
+             "soft": ClipLoss(text_target_tau=0.2),
+             "soft_local": ClipLoss(local_loss=True, gather_with_grad=True, text_target_tau=0.2)}
     for name, loss_fn in cases.items():
         i = image[rank * b:(rank + 1) * b].clone().requires_grad_(True)
         t = text[rank * b:(rank + 1) * b].clone().requires_grad_(True)
@@ -70,6 +106,7 @@ def test_all_gather_across_two_gloo_ranks_matches_one_process(tmp_path):
 
     clip = single(ClipLoss())
     sig = single(SigLipLoss(bias_init=-2.0))
+    soft = single(ClipLoss(text_target_tau=0.2))
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_rank_worker, args=(2, str(tmp_path / "rendezvous"), image, text, results), nprocs=2, join=True)
@@ -88,6 +125,12 @@ def test_all_gather_across_two_gloo_ranks_matches_one_process(tmp_path):
         torch.testing.assert_close(r["clip_local"][2], 2 * clip[2][rows])
         torch.testing.assert_close(r["siglip"][1], 2 * sig[1][rows])
         torch.testing.assert_close(r["siglip"][2], 2 * sig[2][rows])
+        # soft text targets are built from the gathered reports, so they match one process too
+        assert r["soft"][0] == pytest.approx(soft[0], rel=1e-5)
+        torch.testing.assert_close(r["soft"][1], soft[1][rows])
+        torch.testing.assert_close(r["soft_local"][1], 2 * soft[1][rows])
+        torch.testing.assert_close(r["soft_local"][2], 2 * soft[2][rows])
     mean_local = (results[0]["clip_local"][0] + results[1]["clip_local"][0]) / 2
     assert mean_local == pytest.approx(clip[0], rel=1e-5)
     assert (results[0]["siglip"][0] + results[1]["siglip"][0]) / 2 == pytest.approx(sig[0], rel=1e-5)
+    assert (results[0]["soft_local"][0] + results[1]["soft_local"][0]) / 2 == pytest.approx(soft[0], rel=1e-5)
