@@ -123,7 +123,7 @@ def encode_studies(model, dataset, indices: list[int], device, autocast) -> tupl
     for i in indices:
         scans, report, _ = dataset[i]
         with autocast():
-            images.append(model.encode_image(scans[None].to(device), normalize=True, centre=False).float().cpu())
+            images.append(model.encode_image(scans[None].to(device), normalize=True).float().cpu())
         reports.append(report)
     return torch.cat(images), reports
 

@@ -23,9 +23,6 @@ def build_model(cfg, log=print) -> nn.Module:
     else:
         model = create_model(cfg.arch, text_model=cfg.text_model or None)
     model.train()
-    if model.config.pop("study_centre", None) is not None:
-        log(f"init {cfg.init}: its study centre is dropped (it belongs to the init's weights; "
-            "set one for the trained model with python -m training.study_centre)")
     if cfg.init_2d:
         from .inflate import inflate_into
 
@@ -86,7 +83,7 @@ class ContrastiveStep(nn.Module):
 
     def forward(self, images: torch.Tensor, reports: list[str]) -> torch.Tensor:
         model = self.model
-        image = model.encode_image(images, normalize=True, centre=False)  # [B, E]
+        image = model.encode_image(images, normalize=True)  # [B, E]
         if self.text_cache is not None:
             hidden = self.text_cache.features(reports, images.device)  # [B, H]
             text = model.text.proj(hidden.to(model.text.proj.weight.dtype))

@@ -122,14 +122,11 @@ class HLIPModel(nn.Module):
         return torch.autocast("cuda", dtype=self.autocast_dtype)
 
     # -- encoding ----------------------------------------------------------------------------------
-    def encode_image(self, x, normalize: bool = True, scan_counts=None, all_outputs: bool = False,
-                     centre: bool = True):
+    def encode_image(self, x, normalize: bool = True, scan_counts=None, all_outputs: bool = False):
         """x [B, N, 1, D, H, W] (or a list of [N_i, 1, D, H, W], or padded + ``scan_counts``) -> [B, E].
 
         ``all_outputs=True`` returns every output [B, outputs, E] (the 2026 models have two: [:, 0] for
         single report sentences -- what zero-shot uses -- and [:, 1] for whole reports).
-        centre: with ``normalize`` and a model that has a ``study_centre``, the normalised embedding minus
-        that centre, normalised again (see :attr:`study_centre`); training passes False.
         """
         if isinstance(x, (list, tuple)):
             x = [torch.as_tensor(s).to(self.device, torch.float32) for s in x]
@@ -139,30 +136,7 @@ class HLIPModel(nn.Module):
             out = self.visual(x, scan_counts=scan_counts).float()  # [B, outputs, E]
         if not all_outputs:
             out = out[:, 0]
-        if not normalize:
-            return out
-        out = F.normalize(out, dim=-1)
-        c = self.study_centre if centre and not all_outputs else None
-        return out if c is None else F.normalize(out - c.to(out.device), dim=-1)
-
-    @property
-    def study_centre(self) -> torch.Tensor | None:
-        """The mean normalised embedding of the model's training studies (config ``study_centre``, set by
-        ``python -m training.study_centre``), or None.
-
-        Why: a contrastive image tower may put every study in a narrow cone (|centre| near 1). Cosine from
-        the origin then mostly measures closeness to the cone's axis, the same for every query, and a few
-        "hub" studies top every search. Measured from the centre, similarity compares what differs between
-        studies. It is the image-side twin of :meth:`encode_query`'s centring on typical queries. A fixed
-        vector of the model, so an index built with it stays comparable; official checkpoints have none.
-        """
-        c = self.config.get("study_centre")
-        if c is None:
-            return None
-        c = torch.as_tensor(c, dtype=torch.float32)
-        if c.shape != (self.embed_dim,):
-            raise ValueError(f"study_centre has shape {tuple(c.shape)}; this model's embeddings have {self.embed_dim} values")
-        return c
+        return F.normalize(out, dim=-1) if normalize else out
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.text.tokenize(texts)["input_ids"]
@@ -226,7 +200,7 @@ class HLIPModel(nn.Module):
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         if image is not None:
-            out["image_features"] = self.encode_image(image, scan_counts=scan_counts, centre=False)
+            out["image_features"] = self.encode_image(image, scan_counts=scan_counts)
         if text is not None:
             out["text_features"] = self.encode_text(text)
         return out
