@@ -42,9 +42,17 @@ def ensure_library(folder: Path, n: int, seed: int = DEMO_SEED) -> list[dict]:
 def ensure_index(library: Path, model_path: Path, index_dir: Path):
     from ..index import StudyIndex
     from ..index.build import build_library
+    from ..index.files import IndexFormatError
 
-    report = build_library(library, model_path, index_dir, resume=True, workers=2, progress=True,
-                           log=lambda *a: None)
+    def build(rebuild: bool):
+        return build_library(library, model_path, index_dir, resume=not rebuild, rebuild=rebuild, workers=2,
+                             progress=True, log=lambda *a: None)
+
+    try:
+        report = build(rebuild=False)
+    except IndexFormatError as e:  # the demo's own index, built with another model (an update) or unreadable
+        print(f"  rebuilding the demo index: {str(e).split('; this build')[0]}")
+        report = build(rebuild=True)
     if getattr(report, "skipped", None):
         print(f"  skipped {len(report.skipped)} studies (see `hlip index` report)")
     return StudyIndex.open(index_dir)

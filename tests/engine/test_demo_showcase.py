@@ -47,6 +47,22 @@ def test_demo_runs_headless_and_reports_quality(tmp_path):
     again = subprocess.run([str(hlip), "demo", "--studies", "5", "--out", str(out), "--no-gui"],
                            capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert again.returncode == 0 and "Generating" not in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    # new demo weights (a package update): the demo rebuilds its own index instead of stopping on the mismatch
+    import torch
+
+    from hlip_engine.index import StudyIndex
+    from hlip_engine.model import load_model
+
+    model = load_model(DEMO_MODEL, device="cpu")
+    with torch.no_grad():
+        model.logit_scale.add_(0.01)  # other weights, so another sha256
+    other = model.save(tmp_path / "updated.safetensors", text_weights=False)
+    updated = subprocess.run([str(hlip), "demo", "--studies", "5", "--out", str(out), "--no-gui", "--model", str(other)],
+                             capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert updated.returncode == 0, updated.stdout[-2000:] + updated.stderr[-2000:]
+    assert "rebuilding the demo index" in updated.stdout and "Generating" not in updated.stdout
+    index = StudyIndex.open(out / "index")
+    assert len(index) == 5 and index.info["checkpoint"] == str(other.resolve())
 
 
 def test_neighbour_agreement_says_what_embeddings_group_by():
