@@ -115,8 +115,8 @@ def create_loss(name: str, *, local_loss: bool = False, gather_with_grad: bool =
                 text_target_tau: float = 0.0) -> nn.Module:
     if name == "clip":
         return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, text_target_tau=text_target_tau)
-    if text_target_tau:
-        raise ValueError("--text-target-tau applies to the CLIP loss only")
     if name == "siglip":
+        if text_target_tau:
+            raise ValueError("--text-target-tau applies to the CLIP loss only")
         return SigLipLoss(gather_with_grad=True)
     raise ValueError(f"unknown loss {name!r}: choose 'clip' or 'siglip'")

@@ -57,6 +57,8 @@ def test_soft_text_targets_share_the_target_among_repeated_reports():
         ClipLoss()(image, distinct, scale).item(), rel=1e-4)
     with pytest.raises(ValueError, match="CLIP loss only"):
         create_loss("siglip", text_target_tau=0.1)
+    with pytest.raises(ValueError, match="unknown loss"):
+        create_loss("triplet", text_target_tau=0.1)
     with pytest.raises(ValueError, match=">= 0"):
         ClipLoss(text_target_tau=-1.0)
 
