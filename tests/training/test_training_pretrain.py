@@ -2,6 +2,7 @@
 and the exported checkpoint opens in the engine with the same embeddings as the training model."""
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -170,6 +171,22 @@ def test_bad_options_say_what_is_wrong(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(["--synthetic", "--out", "o", "--zeroshot-csv", "labels.csv"])
     assert "--zeroshot-csv needs --prompt-set or --prompts" in capsys.readouterr().err
+    assert main(["--synthetic", "--loss", "siglip", "--text-target-tau", "0.1", "--out", str(tmp_path / "s")]) == 2
+    assert "--text-target-tau applies to the CLIP loss only" in capsys.readouterr().err
+
+
+def test_soft_report_targets_train_and_are_recorded(tmp_path):
+    from training.config import parse_config
+    from training.pretrain import train
+
+    out = tmp_path / "soft"
+    cfg = parse_config(["--arch", "hlip_tiny", "--synthetic", "--synthetic-studies", "16", "--steps", "3",
+                        "--batch-size", "8", "--text-target-tau", "0.07", "--workers", "0", "--out", str(out)])
+    train(cfg)
+    assert json.loads((out / "config.json").read_text())["text_target_tau"] == 0.07
+    with open(out / "metrics.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert losses and all(math.isfinite(v) and v > 0 for v in losses)
 
 
 def test_fsdp_on_two_gloo_ranks(tmp_path):
