@@ -68,7 +68,8 @@ def main(argv=None) -> int:
         dist = [float(np.linalg.norm(p - centre)) for p in peaks]
         near = [float(np.linalg.norm(p - centre)) < float(np.linalg.norm(p - mirror)) for p in peaks]
         reach = lesion_radius(details) + 10.0
-        flair = [sc for sc in study.scans if "FLAIR" in sc.description.upper() or "dark-fluid" in sc.description]
+        flair_series = {s["number"] for s in r["series"] if s["contrast"] == "FLAIR"}  # the generator's truth
+        flair = [sc for sc in study.scans if sc.series_number in flair_series]
         flair_hit = None
         if flair:
             smooth = uniform_filter(flair[0].voxels.astype(np.float32), 5)

@@ -50,8 +50,8 @@ def ensure_index(library: Path, model_path: Path, index_dir: Path):
 
     try:
         report = build(rebuild=False)
-    except IndexFormatError as e:  # the demo's own index, built with another model (an update) or unreadable
-        print(f"  rebuilding the demo index: {str(e).split('; this build')[0]}")
+    except IndexFormatError:  # the demo's own index, built with another model (an update) or unreadable
+        print(f"  rebuilding the demo index at {index_dir} (built with another model, or unreadable)")
         report = build(rebuild=True)
     if getattr(report, "skipped", None):
         print(f"  skipped {len(report.skipped)} studies (see `hlip index` report)")
