@@ -228,6 +228,9 @@ def train(cfg: TrainConfig, env: Dist | None = None):
         from .data import load_manifest
 
         load_manifest(cfg.data)  # a wrong path fails in a second, not after building the model
+    # a wrong loss option too, before the run folder is written
+    loss_fn = create_loss(cfg.loss, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+                          text_target_tau=cfg.text_target_tau)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -244,8 +247,6 @@ def train(cfg: TrainConfig, env: Dist | None = None):
 
     # -- model, loss, optimiser --------------------------------------------------------------------------
     model = build_model(cfg, log=lambda m: say(env, m))
-    loss_fn = create_loss(cfg.loss, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
-                          text_target_tau=cfg.text_target_tau)
     if cfg.loss == "siglip" and not cfg.init:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(10.0))  # SigLIP's initial temperature

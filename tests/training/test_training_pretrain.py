@@ -173,6 +173,7 @@ def test_bad_options_say_what_is_wrong(tmp_path, capsys):
     assert "--zeroshot-csv needs --prompt-set or --prompts" in capsys.readouterr().err
     assert main(["--synthetic", "--loss", "siglip", "--text-target-tau", "0.1", "--out", str(tmp_path / "s")]) == 2
     assert "--text-target-tau applies to the CLIP loss only" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before the run folder is written
 
 
 def test_soft_report_targets_train_and_are_recorded(tmp_path):
