@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hlip_engine.attention import relevance  # noqa: E402
 from hlip_engine.model import create_model  # noqa: E402
+from hlip_engine.relevance import relevance  # noqa: E402
 
 ARCH = "vit_base_multiscan_h2_token1176"
 

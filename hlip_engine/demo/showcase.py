@@ -113,7 +113,7 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     bar_chart(probs, out / "zeroshot.png", title=f"Zero-shot: {Path(target['path']).name}")
     results["zeroshot"] = {"study": target["path"], "truth": _headline(target), "probabilities": probs}
 
-    from ..attention import relevance
+    from ..relevance import relevance
     from ..relevance.export import save_montage
 
     prompt = FINDING_PROMPTS["tumour"][0]

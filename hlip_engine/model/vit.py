@@ -266,6 +266,7 @@ class HLIPVisualEncoder(nn.Module):
         self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 + cfg.register_tokens
         self.grad_checkpointing = False
+        self.kept_index = None  # set by drop_patches (training with patch dropout)
 
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(1, c, kernel_size=cfg.patch_size, stride=cfg.patch_size)
@@ -341,6 +342,7 @@ class HLIPVisualEncoder(nn.Module):
         """Patch dropout (training): keep the same random number of tokens in every first-level unit,
         a multiple of the finer split that follows so the later reshapes stay exact."""
         rate = self.cfg.patch_dropout
+        self.kept_index = None  # [U, keep] token positions kept in each first-level unit (None: all)
         if not self.training or rate <= 0:
             return x
         u, length, c = x.shape
@@ -348,6 +350,7 @@ class HLIPVisualEncoder(nn.Module):
         factor = layout.units(finest) // u
         keep = max(factor, int(length * (1 - rate)) // factor * factor)
         index = torch.argsort(torch.randn(u, length, device=x.device), dim=-1)[:, :keep]
+        self.kept_index = index
         return x.gather(1, index[..., None].expand(-1, -1, c))
 
     # -- blocks -------------------------------------------------------------------------------------

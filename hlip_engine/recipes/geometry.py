@@ -51,6 +51,38 @@ class ScanGeometry:
     def model_shape(self) -> tuple[int, int, int]:
         return tuple(m.n_model for m in self.axes)
 
+    def source_index(self, model_points) -> np.ndarray:
+        """Model-grid coordinates [..., 3] (depth, height, width; voxel centres) -> source (slice, row, column).
+
+        The inverse of the per-axis maps and the view for single points (e.g. token centres), so they can be
+        placed in patient space with ``Scan.world``. Fractional and outside-the-scan coordinates pass through.
+        """
+        f = np.asarray(model_points, dtype=np.float64)
+        view_shape = self.view.shape(self.source_shape)
+        out = np.empty_like(f)
+        for k, (axis, n) in enumerate(zip(self.axes, view_shape)):
+            v = (f[..., k] - axis.offset) / axis.scale  # index along view axis k
+            out[..., self.view.axes[k]] = (n - 1 - v) if self.view.flips[k] else v
+        return out
+
+    def model_index(self, source_points) -> np.ndarray:
+        """Source (slice, row, column) [..., 3] -> model-grid coordinates (depth, height, width): the forward
+        map of :meth:`source_index`, e.g. to place a known lesion centre on the model grid."""
+        s = np.asarray(source_points, dtype=np.float64)
+        view_shape = self.view.shape(self.source_shape)
+        out = np.empty_like(s)
+        for k, (axis, n) in enumerate(zip(self.axes, view_shape)):
+            v = s[..., self.view.axes[k]]
+            v = (n - 1 - v) if self.view.flips[k] else v
+            out[..., k] = axis.scale * v + axis.offset
+        return out
+
+    def model_spacing(self, source_spacing_zyx) -> np.ndarray:
+        """Millimetres per model voxel along (depth, height, width), from the source scan's (slice, row,
+        column) spacing."""
+        sp = np.asarray(source_spacing_zyx, dtype=np.float64)
+        return np.array([sp[a] / abs(m.scale) for a, m in zip(self.view.axes, self.axes)])
+
     def to_scan(self, grid_map) -> np.ndarray:
         """A map on the model grid (any resolution covering it: token grid or full grid) -> source voxels.
 

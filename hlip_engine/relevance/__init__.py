@@ -1,13 +1,15 @@
 """Relevance maps: where in a whole study the model sees a prompt (official HLIP method, O(tokens) memory).
 
 Files, smallest first: ``last_block.py`` (the exact grad x attention of the last block's CLS row),
-``hierarchy.py`` (CLS attention per block at slice/scan/study level), ``maps.py`` (the ``Relevance``
+``rollout.py`` (Chefer's grad x attention over every block), ``hierarchy.py`` (CLS attention per block at
+slice/scan/study level), ``maps.py`` (the ``Relevance``
 result: token maps, scan importance, slice profiles, maps on each scan's voxels), ``export.py`` (NIfTI,
-PNG montage, JSON), ``api.py`` (``relevance(model, inputs, prompt)``). ``hlip_engine.attention`` is
-the public entry point.
+PNG montage, JSON), ``api.py`` (``relevance(model, inputs, prompt, method=...)``). This package is the public entry point:
+``from hlip_engine.relevance import relevance, Relevance``.
 """
-from .api import prompt_embedding, relevance
+from .api import DEFAULT_METHOD, METHODS, check_method, default_method, prompt_embedding, relevance
 from .export import export, save_montage, save_nifti
-from .maps import HierarchyView, Relevance
+from .maps import HierarchyView, Relevance, token_centres
 
-__all__ = ["HierarchyView", "Relevance", "export", "prompt_embedding", "relevance", "save_montage", "save_nifti"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "HierarchyView", "Relevance", "check_method", "default_method", "export",
+           "prompt_embedding", "relevance", "save_montage", "save_nifti", "token_centres"]

@@ -16,6 +16,27 @@ import torch.nn.functional as F
 from .hierarchy import CLSAttentionRecorder
 from .last_block import last_block_relevance
 from .maps import Relevance, scan_volumes
+from .rollout import rollout_relevance
+
+# name -> what it computes (``relevance(..., method=NAME)``, ``hlip relevance --method NAME``, the widget)
+METHODS = {
+    "last-block": "the official HLIP method: grad x attention of the last block's CLS row (exact, O(tokens))",
+    "rollout": "Chefer et al. 2021: grad x attention rolled out over every block, CLS copies per unit",
+}
+DEFAULT_METHOD = "last-block"
+
+
+def default_method(model) -> str:
+    """The model's own choice (``relevance.method`` in its config, set where a method won on validation
+    data), else the official last-block method (so official checkpoints get the official maps)."""
+    method = ((getattr(model, "config", None) or {}).get("relevance") or {}).get("method") or DEFAULT_METHOD
+    return check_method(method)
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown relevance method {method!r}; known: {', '.join(METHODS)}")
+    return method
 
 
 def prompt_embedding(model, prompt: str | Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
@@ -51,8 +72,8 @@ def _study_tensor(inputs, device) -> tuple[torch.Tensor, object | None]:
 
 def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templates: Sequence[str] | None = None,
               text_embedding: torch.Tensor | None = None, blocks: Sequence[int] = (), output: int = 0,
-              volumes: bool = True) -> Relevance:
-    """Explain ``prompt`` on one study with the official HLIP relevance, exactly, in O(tokens) memory.
+              volumes: bool = True, method: str | None = None) -> Relevance:
+    """Explain ``prompt`` on one study: by default the model's method (official HLIP: last block, exact).
 
     model          : HLIPModel (``create_model`` / ``load_model``); run on its device, bf16 forward on CUDA
                      when the model says so (``model.autocast_dtype``), the gradient path in fp32.
@@ -61,7 +82,9 @@ def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templ
     text_embedding : [E] instead of a prompt (e.g. a zero-shot class embedding already built).
     blocks         : blocks whose CLS attention to record as hierarchy views (e.g. ``range(depth)``).
     output         : which embedding to explain (2026 models: 0 = sentence head, as zero-shot; 1 = report head).
+    method         : a key of ``METHODS``; None = ``default_method(model)``.
     """
+    method = check_method(method) if method is not None else default_method(model)
     visual = model.visual
     device = next(visual.parameters()).device
     x, prepared = _study_tensor(inputs, device)
@@ -84,11 +107,16 @@ def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templ
     visual.eval()
     try:
         with CLSAttentionRecorder(visual, blocks) as recorder:
-            res = last_block_relevance(visual, x, text, scale, output=output, autocast_dtype=amp)
+            if method == "rollout":
+                res = rollout_relevance(visual, x, text, scale, output=output)
+                cam = res.cam
+            else:
+                res = last_block_relevance(visual, x, text, scale, output=output, autocast_dtype=amp)
+                cam = res.image_tokens()
     finally:
         visual.train(was_training)
 
-    tokens = res.image_tokens().float().cpu().numpy()  # [N, d, h, w]
+    tokens = cam.float().cpu().numpy()  # [N, d, h, w]
     d = tokens.shape[1]
     big_d = x.shape[3]
     centres = ((np.arange(d) + 0.5) * big_d / d).astype(int)
@@ -100,6 +128,7 @@ def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templ
         hierarchy=recorder.views(res.layout),
         slab_images=x[0, :, 0, centres].float().cpu().numpy(),  # [N, d, H, W]
         meta={"labels": list(getattr(prepared, "labels", []) or [])} if prepared is not None else {},
+        method=method,
     )
     if prepared is not None and volumes:
         rel.volumes, rel.volume_scans = scan_volumes(tokens, prepared)

@@ -62,6 +62,7 @@ class Relevance:
     hierarchy: list[HierarchyView] = field(default_factory=list)
     slab_images: np.ndarray | None = None  # [N, d, H, W] model input at each slab centre (for montages)
     meta: dict[str, Any] = field(default_factory=dict)
+    method: str = "last-block"  # how ``tokens`` were computed (``hlip_engine.relevance.METHODS``)
 
     @property
     def scan_importance(self) -> np.ndarray:
@@ -85,6 +86,31 @@ class Relevance:
         """Per source scan, the slice holding the most relevance: where a viewer should jump to."""
         return [int(np.argmax(p)) if p.size else 0 for p in self.volume_slice_profiles()]
 
+    def source_importance(self) -> tuple[list[int], np.ndarray]:
+        """(source scans in first-use order, their share of the relevance): the model scans of one source
+        are summed (head CT: one series is three windows). What the plugin charts and ranks by."""
+        importance = np.asarray(self.scan_importance, dtype=np.float64)
+        sources = list(self.scan_indices) if self.scan_indices is not None else list(range(len(importance)))
+        order = list(dict.fromkeys(int(k) for k in sources))
+        totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
+        return order, totals
+
+    def peak(self) -> tuple[int, tuple[int, int, int]] | None:
+        """(source scan k, voxel (slice, row, column)) of the maximum of the most important source scan's
+        map: where the plugin jumps and what the pointing benchmarks score. None without volumes."""
+        if not self.volumes:
+            return None
+        order, totals = self.source_importance()
+        k = order[int(np.argmax(totals))]
+        volume = self.volumes[list(self.volume_scans).index(k)]
+        return k, tuple(int(v) for v in np.unravel_index(int(np.argmax(volume)), volume.shape))
+
+    def display_volumes(self) -> list[np.ndarray]:
+        """``volumes`` divided by the study's maximum (0..1), so one threshold means the same on every scan."""
+        top = max((float(v.max()) for v in self.volumes or [] if v.size), default=0.0)
+        scale = 1.0 / top if top > 0 else 1.0
+        return [np.asarray(v, dtype=np.float32) * scale for v in self.volumes or []]
+
     def upsampled(self, i: int) -> np.ndarray:
         """Model scan ``i``'s token map resized to the model grid [D, H, W] (trilinear, as the official demo)."""
         import torch
@@ -97,6 +123,7 @@ class Relevance:
         """JSON-friendly numbers (what ``hlip attention`` writes beside the images)."""
         out: dict[str, Any] = {
             "prompt": self.prompt,
+            "method": self.method,
             "logit": self.logit,
             "token_grid": list(self.tokens.shape),
             "patch_size": list(self.patch_size),
@@ -110,8 +137,28 @@ class Relevance:
         if self.volume_scans is not None:
             out["volume_scans"] = list(self.volume_scans)
             out["peak_slices"] = self.peak_slices()
+            if (found := self.peak()) is not None:
+                out["peak"] = {"scan": found[0], "voxel": list(found[1])}
         out.update(self.meta)
         return out
+
+
+def token_centres(prepared, study, token_grid, patch_size) -> np.ndarray:
+    """Patient position (LPS mm) of the centre of every token of every model scan: [N, d, h, w, 3].
+
+    prepared: the PreparedStudy the tokens came from; study: its Study (for each source scan's affine).
+    """
+    d, h, w = token_grid
+    ps = np.asarray(patch_size, dtype=np.float64)
+    grid = np.stack(np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij"), axis=-1)
+    model_points = (grid + 0.5) * ps - 0.5  # centre of each token's patch, in model voxels
+    out = np.empty((len(prepared.geometry), d, h, w, 3))
+    for i, (geom, k) in enumerate(zip(prepared.geometry, prepared.scan_indices)):
+        src = geom.source_index(model_points).reshape(-1, 3)  # (slice, row, column)
+        affine = study.scans[k].affine
+        homog = np.c_[src[:, 2], src[:, 1], src[:, 0], np.ones(len(src))]  # (column, row, slice, 1)
+        out[i] = (homog @ affine.T)[:, :3].reshape(d, h, w, 3)
+    return out
 
 
 def scan_importance(tokens: np.ndarray) -> np.ndarray:

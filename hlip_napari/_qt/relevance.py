@@ -1,8 +1,9 @@
 """Relevance map: where in the open study the model sees a prompt, as one overlay per scan.
 
-``hlip_engine.attention.relevance`` does the work (the official HLIP method, in O(tokens) memory) and
-maps it back onto each scan's own voxels; this view only normalises it for display, draws it, charts
-the scan importance and moves the viewer to the most relevant slice.
+``hlip_engine.relevance.relevance`` does the work (the model's method: the official HLIP last-block method,
+or Chefer's rollout where the model chose it; the Method box overrides) and maps it back onto each scan's
+own voxels; the ``Relevance`` also says which scan matters most and where its peak is. This view only
+draws: overlays, the scan-importance chart, and the jump to the peak.
 """
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ from .plot import BarChart, render_bars
 COLORMAPS = ("HLIP (transparent to yellow)", "inferno", "turbo", "magma", "red")
 
 
-def relevance_job(settings, study, prompt: str, templates: list[str] | None, chart_width: int = 420):
+MODEL_DEFAULT = "model's default"
+
+
+def relevance_job(settings, study, prompt: str, templates: list[str] | None, chart_width: int = 420,
+                  method: str | None = None):
     """Worker: the engine's Relevance for ``prompt`` on ``study`` (maps on each scan's voxels), the maps
     normalised to the study's maximum, and the scan-importance chart (all off the Qt thread)."""
     yield "loading the model" if MODELS.peek(settings) is None else "model ready"
@@ -44,26 +49,15 @@ def relevance_job(settings, study, prompt: str, templates: list[str] | None, cha
     yield "preparing the study"
     prepared = model.prepare(study)
     yield "computing relevance"
-    from hlip_engine.attention import relevance
+    from hlip_engine.relevance import relevance
 
-    rel = relevance(model, prepared, prompt, templates=templates or None)
+    rel = relevance(model, prepared, prompt, templates=templates or None, method=method)
     yield "drawing"
-    top = max((float(v.max()) for v in rel.volumes or [] if v.size), default=0.0)
-    scale = 1.0 / top if top > 0 else 1.0
-    volumes = [np.asarray(v, dtype=np.float32) * scale for v in rel.volumes or []]
-    order, totals = per_scan(rel)
+    volumes = rel.display_volumes()
+    order, totals = rel.source_importance()
     bars = render_bars([scan_name(study.scans[k], k) for k in order], totals, width_px=chart_width,
                        highlight=int(np.argmax(totals)) if len(totals) else None)
     return rel, volumes, bars
-
-
-def per_scan(rel) -> tuple[list[int], np.ndarray]:
-    """Scan importance summed over the model scans of each source scan (head CT: 3 windows per series)."""
-    importance = np.asarray(rel.scan_importance, dtype=np.float64)
-    sources = list(rel.scan_indices) if rel.scan_indices is not None else list(range(len(importance)))
-    order = list(dict.fromkeys(int(k) for k in sources))
-    totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
-    return order, totals
 
 
 class RelevanceWidget(QWidget):
@@ -83,9 +77,15 @@ class RelevanceWidget(QWidget):
         self.prompt.returnPressed.connect(self.run)
         self.template = QLineEdit()
         self.template.setPlaceholderText("optional template, e.g. This MRI study shows: {}.")
+        from hlip_engine.relevance.api import METHODS
+
+        self.method = QComboBox()
+        self.method.addItems([MODEL_DEFAULT, *METHODS])
+        self.method.setToolTip("\n".join(f"{k}: {v}" for k, v in METHODS.items()))
         form = QFormLayout()
         form.addRow("Prompt", self.prompt)
         form.addRow("Template", self.template)
+        form.addRow("Method", self.method)
 
         self.run_button = QPushButton("Show where the model sees it")
         self.run_button.clicked.connect(self.run)
@@ -140,7 +140,9 @@ class RelevanceWidget(QWidget):
         template = self.template.text().strip()
         self.status.setText(f"Computing relevance of “{prompt}” …")
         return self.job.start(relevance_job, self.model_box.settings(), study, prompt,
-                              [template] if template else None, self.chart.render_width(), steps=4,
+                              [template] if template else None, self.chart.render_width(),
+                              None if self.method.currentText() == MODEL_DEFAULT else self.method.currentText(),
+                              steps=4,
                               on_done=lambda r: self.show_result(study, *r),
                               on_error=lambda _e: self.status.setText("Relevance failed (see the notification)."))
 
@@ -166,8 +168,8 @@ class RelevanceWidget(QWidget):
         self.restyle()
         self.chart.show_bars(bars)
         self.jump_button.setEnabled(bool(self.layers))
-        self.status.setText(f"“{rel.prompt}”: logit {rel.logit:.2f}. Overlays are relative to this study's "
-                            "maximum; research use only.")
+        self.status.setText(f"“{rel.prompt}” ({rel.method}): logit {rel.logit:.2f}. Overlays are relative to "
+                            "this study's maximum; research use only.")
         if self.layers:
             self.viewer.layers.selection.active = self.layers[0]
         return self.layers
@@ -183,16 +185,12 @@ class RelevanceWidget(QWidget):
             layer.contrast_limits = (lo, 1.0)
 
     def peak(self) -> tuple[int, np.ndarray] | None:
-        """(scan index, world point S,P,L) of the most relevant slice of the most important scan."""
-        rel, study = self.result, self.study
-        if rel is None or not rel.volumes:
+        """(scan index, world point S,P,L) of the relevance peak of the most important scan."""
+        found = self.result.peak() if self.result is not None else None
+        if found is None:
             return None
-        order, totals = per_scan(rel)
-        k = order[int(np.argmax(totals))]
-        volume = rel.volumes[list(rel.volume_scans).index(k)]
-        sl = int(np.argmax(volume.sum(axis=(1, 2))))  # the scan's own slice holding the most relevance
-        r, c = np.unravel_index(int(np.argmax(volume[sl])), volume.shape[1:])
-        return k, study.scans[k].world((sl, r, c))[::-1]
+        k, voxel = found
+        return k, self.study.scans[k].world(voxel)[::-1]
 
     def go_to_peak(self) -> None:
         """Show the most important scan in its own plane, at its most relevant slice."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hlip_engine.attention import Relevance, relevance
+from hlip_engine.relevance import Relevance, relevance
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.io.sample_studies import reformat
 from hlip_engine.model import create_model
@@ -68,7 +68,7 @@ def test_maps_shapes_and_summaries(model, study_and_rel):
     assert rel.slice_profiles.shape == (n, 4)
     assert np.allclose(rel.slice_profiles.sum(1), rel.tokens.sum(axis=(1, 2, 3)), rtol=1e-5)
     # the logit is the one zero-shot reports for this prompt
-    from hlip_engine.attention import prompt_embedding
+    from hlip_engine.relevance import prompt_embedding
 
     text = prompt_embedding(model, "glioma", ["This MRI study shows: {}."])
     with torch.no_grad():
