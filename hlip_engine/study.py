@@ -39,7 +39,8 @@ class PatientInfo:
 class Scan:
     """One 3-D image (a DICOM series, a NIfTI file, an HLIP tensor).
 
-    voxels : float32 array (slices, rows, columns); CT in Hounsfield units, MR in scanner units.
+    voxels : float32 array (slices, rows, columns); CT in Hounsfield units, MR in scanner units (for DICOM:
+        the rescaled display values, RescaleSlope / RescaleIntercept applied, no vendor private scale).
     affine : 4x4 float64; voxel index (column, row, slice, 1) -> patient LPS millimetres.
     """
 
@@ -51,7 +52,10 @@ class Scan:
     series_number: int | None = None
     # DICOM attributes a radiologist browses by (ImageType, SequenceName, EchoTime, RepetitionTime,
     # SliceThickness, BodyPartExamined, ConvolutionKernel, AcquisitionNumber, ...), plus loader notes
-    # such as "warnings" (missing slices, resampled gantry tilt).
+    # such as "warnings" (missing slices, resampled gantry tilt). A scan made from a 4-D series or a
+    # Siemens MOSAIC also says what it is: "ScanKind" ("DWI b=1000 (trace of 64 directions)", "echo 2 of 3",
+    # "fMRI mean of 180 volumes"), "DiffusionBValue", "DiffusionDirections", "AveragedVolumes",
+    # "EchoIndex"/"NumberOfEchoes", "NumberOfTimePoints"/"TimeStepSeconds", "NumberOfImagesInMosaic".
     attributes: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # file or folder the scan came from
 

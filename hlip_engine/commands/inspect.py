@@ -31,6 +31,7 @@ def _scan_record(index: int, scan) -> dict:
         "series_number": scan.series_number,
         "series_uid": scan.series_uid,
         "description": scan.description,
+        "kind": describe_kind(scan.attributes),  # what a 4-D or MOSAIC series became, "" for a plain scan
         "modality": scan.modality,
         "shape": list(scan.shape),  # (slices, rows, columns)
         "spacing_mm": [round(x, 4) for x in scan.spacing],  # (slice, row, column)
@@ -40,6 +41,17 @@ def _scan_record(index: int, scan) -> dict:
         "attributes": {k: v for k, v in scan.attributes.items() if k != "warnings"},
         "source": scan.source,
     }
+
+
+def describe_kind(attributes: dict) -> str:
+    """What a scan made from a 4-D series or a MOSAIC is, in words: "DWI b=1000 (trace of 64 directions)",
+    "echo 2 of 3", "fMRI mean of 180 volumes, every 2 s"; "" for a plain volume."""
+    kind = str(attributes.get("ScanKind", "") or "")
+    if attributes.get("NumberOfTimePoints") and attributes.get("TimeStepSeconds"):
+        kind += f", every {attributes['TimeStepSeconds']:g} s"
+    if attributes.get("NumberOfImagesInMosaic"):
+        kind += f"{'; ' if kind else ''}from Siemens MOSAIC ({attributes['NumberOfImagesInMosaic']} slices per image)"
+    return kind
 
 
 def study_record(study, ref=None) -> dict:
@@ -79,6 +91,8 @@ def format_study(rec: dict) -> str:
         desc = s["description"] if len(s["description"]) <= 32 else s["description"][:31] + "~"
         lines.append(f"    {s['index']:>2}  {series:>6}  {desc:<32} {s['modality']:<4} {shape:<18} "
                      f"{spacing:<22} {s['orientation']}")
+        if s.get("kind"):
+            lines.append(f"{'':>14}= {s['kind']}")
         for w in s["warnings"]:
             lines.append(f"{'':>14}! {w}")
     lines.append(f"  skipped ({len(rec['skipped'])}):")

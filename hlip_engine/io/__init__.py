@@ -6,12 +6,14 @@ files its own way. Only numpy is imported here: pydicom, nibabel and torch load 
 - ``load_study(path_or_ref, **options) -> Study``  (options: see :class:`LoadOptions`)
 - ``discover(path) -> list[StudyRef]``  (headers only)
 - ``write_dicom_series(scan, out_dir, ...)`` / ``write_enhanced_series(scan, path, ...)``: real DICOM out
+- ``load_volumes(scan)``: the 4-D data behind a scan averaged from a 4-D series (DWI trace, time-series mean)
 """
 from __future__ import annotations
 
+from .dicom import load_volumes
 from .dicom_series import LoadOptions
 from .dicom_write import write_dicom_series, write_enhanced_series
 from .dispatch import discover, discover_with_problems, load_study
 
-__all__ = ["LoadOptions", "discover", "discover_with_problems", "load_study", "write_dicom_series",
-           "write_enhanced_series"]
+__all__ = ["LoadOptions", "discover", "discover_with_problems", "load_study", "load_volumes",
+           "write_dicom_series", "write_enhanced_series"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..study import Scan, Study, StudyLoadError, StudyRef
 from .dicom_headers import SliceHeader, read_headers, walk_files
+from .dicom_mosaic import MosaicError, mosaic_tiles
 from .dicom_multiframe import expand_frames
 from .dicom_pixels import read_slices
 from .dicom_series import (
@@ -155,12 +157,19 @@ def _build_study(uid: str, headers: list[SliceHeader], skipped: list[tuple[str, 
         except Exception as e:  # a batch job must survive one strange series; the reason is kept
             log.warning("series %s could not be loaded: %s: %s", series[0].series_uid, type(e).__name__, e)
             skipped.append((_series_name(series[0]), f"could not be loaded ({type(e).__name__}: {e})"))
-    scans.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.description))
+    scans.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30,
+                              _natural(s.description)))
     image_modalities = Counter(s.modality for s in scans if s.modality)
     if image_modalities:
         modality = "/".join(m for m, _ in image_modalities.most_common())
     return Study(uid=uid, scans=scans, description=description, date=date, modality=modality,
                  skipped=skipped, source=source, patient=patient)
+
+
+def _natural(text: str) -> tuple:
+    """Sort key reading numbers as numbers: "b=500" before "b=1000", "echo 2" before "echo 10"."""
+    return tuple((0, float(p), "") if p.replace(".", "", 1).isdigit() else (1, 0.0, p)
+                 for p in re.split(r"(\d+(?:\.\d+)?)", text) if p)
 
 
 def _series_name(h: SliceHeader) -> str:
@@ -174,16 +183,7 @@ def _load_series(series: list[SliceHeader], skipped: list[tuple[str, str]], opti
     if reason:
         skipped.append((f"{name} ({len(series)} images)", reason))
         return []
-    # Multi-frame files become one header per frame.
-    images: list[SliceHeader] = []
-    for h in series:
-        if h.n_frames > 1:
-            try:
-                images.extend(expand_frames(h))
-            except Exception as e:
-                skipped.append((h.path, f"unreadable multi-frame header ({type(e).__name__}: {e})"))
-        else:
-            images.append(h)
+    images = _expand(series, name, skipped)
     if not images:
         return []
     stacks = split_series(images)
@@ -201,6 +201,31 @@ def _load_series(series: list[SliceHeader], skipped: list[tuple[str, str]], opti
     return scans
 
 
+def _expand(series: list[SliceHeader], name: str, skipped: list[tuple[str, str]]) -> list[SliceHeader]:
+    """One header per image: multi-frame files give one per frame, Siemens MOSAIC images one per tile."""
+    images: list[SliceHeader] = []
+    mosaic_problems: dict[str, list[str]] = {}
+    for h in series:
+        if "MOSAIC" in h.image_type and h.n_frames == 1:
+            try:
+                images.extend(mosaic_tiles(h))
+            except MosaicError as e:
+                mosaic_problems.setdefault(str(e), []).append(h.path)
+            except Exception as e:
+                mosaic_problems.setdefault(f"unreadable MOSAIC header ({type(e).__name__}: {e})", []).append(h.path)
+        elif h.n_frames > 1:
+            try:
+                images.extend(expand_frames(h))
+            except Exception as e:
+                skipped.append((h.path, f"unreadable multi-frame header ({type(e).__name__}: {e})"))
+        else:
+            images.append(h)
+    for why, paths in mosaic_problems.items():  # one line per series and cause, naming both
+        skipped.append((f"{name} ({len(paths)} MOSAIC images)" if len(paths) > 1 else paths[0],
+                        f"{name}: {why}"))
+    return images
+
+
 def _load_stack(stack: Stack, name: str, skipped: list[tuple[str, str]], options: LoadOptions) -> Scan | None:
     hs = stack.headers
     label = f"{name}{f' [{stack.label}]' if stack.label else ''}"
@@ -208,6 +233,8 @@ def _load_stack(stack: Stack, name: str, skipped: list[tuple[str, str]], options
         skipped.append((f"{label} ({len(hs)} images)", f"too few slices ({len(hs)} < {options.min_slices}), "
                                                        f"not a volume"))
         return None
+    if stack.repeats is not None:
+        return _load_averaged(stack, label, skipped, options)
     # Geometry first from headers (cheap), so dropped slices are never decoded.
     plan = _plan(hs, options)
     for i, why in plan.dropped:
@@ -234,7 +261,48 @@ def _load_stack(stack: Stack, name: str, skipped: list[tuple[str, str]], options
             skipped.append((_where(ordered[i]), why))
         voxels, ordered = voxels[keep], [ordered[i] for i in keep]
     voxels = apply_plan(voxels, plan)
-    return _make_scan(ordered, voxels, plan, stack.label)
+    return _make_scan(ordered, voxels, plan, stack.label, stack.attributes)
+
+
+def _load_averaged(stack: Stack, label: str, skipped: list[tuple[str, str]], options: LoadOptions) -> Scan | None:
+    """A volume averaged over the repeats of a 4-D series (DWI directions, time points), one pass per
+    repeat so that memory stays that of one volume."""
+    plan = _plan(stack.headers, options)
+    for i, why in plan.dropped:
+        skipped.append((_where(stack.headers[i]), why))
+    slots = [stack.repeats[i] for i in plan.order]
+    rows, cols = stack.headers[0].rows, stack.headers[0].columns
+    total = np.zeros((len(slots), rows, cols), dtype=np.float64)
+    count = np.zeros(len(slots), dtype=np.int64)
+    failed: dict[str, int] = {}
+    decoded: dict = {}
+    for j in range(max(len(s) for s in slots)):
+        batch = [(k, s[j]) for k, s in enumerate(slots) if len(s) > j]
+        problems: list[tuple[int, str]] = []
+        voxels = read_slices([h for _, h in batch], problems, decoded)
+        bad = {i for i, _ in problems}
+        for i, why in problems:
+            failed[f"{_where(batch[i][1])}: {why}"] = 1
+        for i, (k, _h) in enumerate(batch):
+            if i not in bad:
+                total[k] += voxels[i]
+                count[k] += 1
+    for item in failed:
+        path, _, why = item.partition(": ")
+        skipped.append((path, why))
+    if np.any(count == 0):
+        skipped.append((label, f"{int(np.sum(count == 0))} slice position(s) with no readable image"))
+        return None
+    voxels = apply_plan((total / count[:, None, None]).astype(np.float32), plan)
+    ordered = [stack.headers[i] for i in plan.order]
+    attrs = dict(stack.attributes)
+    attrs["NumberOfImages"] = int(sum(len(s) for s in slots))
+    if failed:
+        attrs.setdefault("warnings", []).append(f"{len(failed)} image(s) unreadable: left out of the mean")
+    scan = _make_scan(ordered, voxels, plan, stack.label, attrs)
+    paths = sorted({h.path for s in slots for h in s})
+    scan.source = paths[0] if len(paths) == 1 else _common_folder(paths)  # every file averaged, not only slot 0
+    return scan
 
 
 def _plan(hs: list[SliceHeader], options: LoadOptions):
@@ -245,11 +313,15 @@ def _plan(hs: list[SliceHeader], options: LoadOptions):
 
 
 def _where(h: SliceHeader) -> str:
+    if h.mosaic is not None:
+        return f"{h.path} (MOSAIC tile {h.mosaic[0] + 1})"
     return h.path if h.frame is None else f"{h.path} (frame {h.frame + 1})"
 
 
-def _make_scan(hs: list[SliceHeader], voxels: np.ndarray, plan, label: str) -> Scan:
+def _make_scan(hs: list[SliceHeader], voxels: np.ndarray, plan, label: str, extra: dict | None = None) -> Scan:
     first = hs[0]
+    extra = dict(extra or {})
+    notes = list(extra.pop("warnings", []))
     attrs = dict(first.attributes)
     attrs["SeriesInstanceUID"] = first.series_uid
     attrs["TransferSyntaxUID"] = first.transfer_syntax
@@ -259,7 +331,8 @@ def _make_scan(hs: list[SliceHeader], voxels: np.ndarray, plan, label: str) -> S
         attrs["SplitFromSeries"] = label
     if first.n_frames > 1:
         attrs["NumberOfFrames"] = first.n_frames
-    warnings = list(first.attributes.get("warnings", [])) + list(plan.warnings)
+    attrs.update(extra)
+    warnings = list(first.attributes.get("warnings", [])) + notes + list(plan.warnings)
     if plan.tilt_degrees:
         attrs["GantryTiltDegrees"] = round(plan.tilt_degrees, 2)
     if len({h.rescale_slope for h in hs}) > 1 or len({h.rescale_intercept for h in hs}) > 1:
@@ -267,7 +340,52 @@ def _make_scan(hs: list[SliceHeader], voxels: np.ndarray, plan, label: str) -> S
     if warnings:
         attrs["warnings"] = warnings
     description = first.series_description + (f" [{label}]" if label else "")
-    source = _common_folder([h.path for h in hs]) if first.n_frames == 1 else first.path
+    paths = sorted({h.path for h in hs})
+    source = (paths[0] if len(paths) == 1 else _common_folder(paths)) if first.n_frames == 1 else first.path
     return Scan(voxels=voxels, affine=plan.affine, modality=first.modality, description=description,
                 series_uid=first.series_uid, series_number=first.series_number, attributes=attrs,
                 source=source)
+
+
+def load_volumes(scan: Scan, options: LoadOptions | None = None) -> tuple[np.ndarray, list[dict]]:
+    """The 4-D data behind a scan that averages a 4-D series (a DWI trace, a time-series mean): an array
+    (volumes, slices, rows, columns) on the scan's grid, in acquisition order, and per volume what it is
+    (b-value, gradient, time point, acquisition time). A scan that averages nothing is one volume.
+
+    For viewers (napari opens the array as 4-D); the scan itself stays 3-D. Re-reads the series' files.
+    """
+    if int(scan.attributes.get("AveragedVolumes", 1) or 1) <= 1 or not scan.source:
+        return scan.voxels[None].copy(), [{}]
+    options = options or LoadOptions()
+    headers, _ = scan_headers(scan.source)
+    series = [h for h in headers if h.series_uid == scan.series_uid]
+    if not series:
+        raise StudyLoadError(f"{scan.source}: series {scan.series_uid} no longer found")
+    label = scan.attributes.get("SplitFromSeries", "")
+    stacks = [s for s in split_series(_expand(series, _series_name(series[0]), [])) if s.label == label]
+    if len(stacks) != 1 or stacks[0].repeats is None:
+        raise StudyLoadError(f"{scan.source}: the volumes of {scan.description!r} cannot be told apart again")
+    stack = stacks[0]
+    plan = _plan(stack.headers, options)
+    slots = [stack.repeats[i] for i in plan.order]
+    n = min(len(s) for s in slots)
+    if n != max(len(s) for s in slots):
+        raise StudyLoadError(f"{scan.description!r}: positions hold {n} to {max(len(s) for s in slots)} images, "
+                             f"not one per volume")
+    out = None
+    info = []
+    decoded: dict = {}
+    for j in range(n):
+        problems: list[tuple[int, str]] = []
+        voxels = apply_plan(read_slices([s[j] for s in slots], problems, decoded), plan)
+        if problems:
+            raise StudyLoadError(f"{_where(slots[problems[0][0]][j])}: {problems[0][1]}")
+        if out is None:
+            out = np.empty((n, *voxels.shape), dtype=np.float32)
+        out[j] = voxels
+        h = slots[0][j]
+        info.append({k: v for k, v in (("b_value", h.b_value), ("gradient", h.gradient),
+                                       ("temporal_position", h.temporal or None),
+                                       ("acquisition", h.acquisition or None),
+                                       ("acquisition_time", h.acquisition_time)) if v is not None})
+    return out, info

@@ -29,6 +29,8 @@ HEADER_KEYWORDS = (
     "MagneticFieldStrength", "BodyPartExamined", "ConvolutionKernel", "KVP", "ContrastBolusAgent",
     "ProtocolName", "Manufacturer", "ManufacturerModelName", "SeriesDate", "SeriesTime", "AcquisitionTime",
     "GantryDetectorTilt", "WindowCenter", "WindowWidth", "FrameOfReferenceUID",
+    "DiffusionGradientOrientation", "AcquisitionMatrix", "InPlanePhaseEncodingDirection", "TemporalResolution",
+    "NumberOfTemporalPositions", "ContentTime", "DiffusionDirectionality",
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
 )
 
@@ -43,7 +45,19 @@ BROWSE_KEYWORDS = (
     "BodyPartExamined", "ConvolutionKernel", "KVP", "ContrastBolusAgent", "ProtocolName", "AcquisitionNumber",
     "EchoNumbers", "DiffusionBValue", "Manufacturer", "ManufacturerModelName", "SeriesDate", "SeriesTime",
     "AcquisitionTime", "GantryDetectorTilt", "WindowCenter", "WindowWidth", "PhotometricInterpretation",
+    "TemporalResolution", "NumberOfTemporalPositions",
 )
+
+# Private tags the 4-D and MOSAIC logic needs (tag -> (name, VR)); read in the same header pass. Their VR is
+# given here because implicit-VR files carry none and pydicom's dictionary does not know private tags.
+PRIVATE_TAGS = {
+    0x0019100A: ("NumberOfImagesInMosaic", "US"),  # Siemens: slices in one MOSAIC image
+    0x0019100C: ("SiemensBValue", "IS"),  # Siemens B_value
+    0x0019100E: ("SiemensGradientDirection", "FD"),  # Siemens DiffusionGradientDirection
+    0x00431039: ("GEBValue", "IS"),  # GE slop_int_6..9: b-value first (sometimes + 10^9)
+    0x20011003: ("PhilipsBValue", "FL"),  # Philips diffusion b-factor
+}
+_PRIVATE_VR = {tag: vr for tag, (_name, vr) in PRIVATE_TAGS.items()}
 
 NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
@@ -58,6 +72,8 @@ def _header_tags() -> list[int]:
 
         _TAG_CACHE.extend(tag_for_keyword(k) for k in HEADER_KEYWORDS)
         _WANTED.update(zip(_TAG_CACHE, HEADER_KEYWORDS))
+        _TAG_CACHE.extend(PRIVATE_TAGS)
+        _WANTED.update((tag, name) for tag, (name, _vr) in PRIVATE_TAGS.items())
         _WANTED_DISCOVERY.update((tag_for_keyword(k), k) for k in DISCOVERY_KEYWORDS)
     return _TAG_CACHE
 
@@ -95,6 +111,12 @@ class SliceHeader:
     echo: str = ""  # EchoNumbers / EchoTime, to split multi-echo series
     acquisition: str = ""
     temporal: str = ""
+    b_value: float | None = None  # diffusion b (s/mm2): DiffusionBValue or the vendor's private tag
+    gradient: tuple[float, float, float] | None = None  # diffusion gradient direction
+    directionality: str = ""  # DiffusionDirectionality: DIRECTIONAL, ISOTROPIC (a scanner's trace), NONE
+    n_mosaic: int = 0  # Siemens MOSAIC: slices tiled in this image (0 = not a mosaic)
+    mosaic: tuple[int, int, int, int] | None = None  # one tile of a mosaic: (tile, grid, mosaic rows, mosaic cols)
+    acquisition_time: float | None = None  # seconds since midnight (AcquisitionTime, else ContentTime)
     has_pixels: bool = False
     pixel_offset: int | None = None  # byte offset of native little-endian pixel data, else None
     pixel_length: int | None = None
@@ -285,7 +307,7 @@ def _read_header_pydicom(path: str) -> SliceHeader:
     if ts not in NATIVE_LITTLE_ENDIAN:
         offset = length = None
     values: dict[str, Any] = {}
-    for kw, tag in zip(HEADER_KEYWORDS, _header_tags()):
+    for tag, kw in _WANTED.items():
         if tag in ds._dict:
             try:
                 raw = ds._dict[tag]
@@ -308,6 +330,8 @@ def decode_value(tag: int, vr, data, little: bool = True):
 
     Text is split on backslashes; DS/IS become numbers; binary numbers are unpacked; other VRs -> None.
     """
+    if tag in _PRIVATE_VR and (vr is None or vr in ("UN", "OB")):
+        vr = _PRIVATE_VR[tag]
     if vr is None or vr in ("UN", "US or SS", "OB or OW", "US or OW"):
         if tag not in _VR_CACHE:
             from pydicom.datadict import dictionary_VR
@@ -380,6 +404,12 @@ def header_from_values(values: dict[str, Any], path: str, ts: str, media_sop: st
         echo=f"{plain(echo_num) or ''}/{plain(echo_time) or ''}" if (echo_num or echo_time) else "",
         acquisition=str(plain(g("AcquisitionNumber")) or ""),
         temporal=str(plain(g("TemporalPositionIdentifier")) or plain(g("TriggerTime")) or ""),
+        b_value=_b_value(values),
+        gradient=_floats(g("DiffusionGradientOrientation") or g("SiemensGradientDirection"), 3),
+        directionality=str(g("DiffusionDirectionality") or "").strip().upper(),
+        n_mosaic=(_num(g("NumberOfImagesInMosaic"), int) or 0) if "MOSAIC" in {str(x).upper() for x in image_type}
+        else 0,
+        acquisition_time=_seconds(g("AcquisitionTime")) if g("AcquisitionTime") else _seconds(g("ContentTime")),
         has_pixels=has_pixels,
         pixel_offset=offset,
         pixel_length=length,
@@ -396,6 +426,40 @@ def header_from_values(values: dict[str, Any], path: str, ts: str, media_sop: st
         if value not in (None, "", []):
             h.attributes[key] = value
     return h
+
+
+def _b_value(values: dict[str, Any]) -> float | None:
+    """Diffusion b-value: the standard DiffusionBValue (0018,9087), else the manufacturer's private tag."""
+    b = _num(values.get("DiffusionBValue"))
+    if b is not None:
+        return b
+    maker = str(values.get("Manufacturer") or "").upper()
+    if "SIEMENS" in maker:
+        b = _num(values.get("SiemensBValue"))
+    elif "GE" in maker.split() or maker.startswith("GE"):
+        b = _num(values.get("GEBValue"))
+        if b is not None and b >= 1e9:
+            b = b % 1e9  # some GE versions add 10^9 to the b-value
+    elif "PHILIPS" in maker:
+        b = _num(values.get("PhilipsBValue"))
+    else:
+        b = None
+    return b if b is not None and 0 <= b < 1e6 else None
+
+
+def _seconds(value) -> float | None:
+    """A DICOM TM value (HHMMSS.frac, or HH:MM:SS) as seconds since midnight, else None."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    text = str(value).strip().replace(":", "")
+    try:
+        hours, minutes = int(text[0:2]), int(text[2:4] or 0)
+        seconds = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def read_headers(paths, problems: list[tuple[str, str]], progress: bool = False,

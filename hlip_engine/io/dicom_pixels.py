@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from .dicom_headers import SliceHeader
+from .dicom_mosaic import tile_of
 
 
 class PixelError(Exception):
@@ -99,21 +101,52 @@ def _decode_file(path: str) -> np.ndarray:
     return arr
 
 
-def read_slices(headers: Sequence[SliceHeader], problems: list[tuple[int, str]]) -> np.ndarray:
+def _mosaic_image(h: SliceHeader, cache: dict, scratch: dict) -> np.ndarray:
+    """The whole (rescaled) MOSAIC image a tile header points into; one image is kept at a time."""
+    if h.path not in cache:
+        cache.clear()
+        k, grid, rows, cols = h.mosaic
+        whole = replace(h, rows=rows, columns=cols, mosaic=None, frame=None)
+        image = np.empty((rows, cols), dtype=np.float32)
+        try:
+            if not _fast_read(whole, image, scratch):
+                arr = _decode_file(h.path)
+                if arr.shape[1:] != (rows, cols):
+                    raise PixelError(f"decoded pixels {arr.shape} do not match the MOSAIC header ({rows}x{cols})")
+                _into(image, arr[0], h.rescale_slope, h.rescale_intercept)
+            cache[h.path] = image
+        except PixelError as e:
+            cache[h.path] = e
+    image = cache[h.path]
+    if isinstance(image, PixelError):
+        raise image
+    return image
+
+
+def read_slices(headers: Sequence[SliceHeader], problems: list[tuple[int, str]],
+                decoded: dict | None = None) -> np.ndarray:
     """Decode the given images into (n, rows, cols) float32 real-world values.
 
     Images that fail go to ``problems`` as (index, reason) and their slice is left as NaN; the caller
-    drops them. All headers must share rows/columns.
+    drops them. All headers must share rows/columns. ``decoded`` (optional) keeps compressed multi-frame
+    files decoded across calls (the volumes of a 4-D series are read one call each).
     """
     n = len(headers)
     rows, cols = headers[0].rows, headers[0].columns
     out = np.empty((n, rows, cols), dtype=np.float32)
-    decoded: dict[str, np.ndarray | PixelError] = {}  # multi-frame files decoded once
+    decoded = {} if decoded is None else decoded  # multi-frame files decoded once
     scratch: dict = {}
-    for i, h in enumerate(headers):
+    mosaic: dict[str, np.ndarray | PixelError] = {}  # the last MOSAIC image read (its tiles come together)
+    # Visit images file by file (the output order is kept): the tiles of a mosaic are cut from one read.
+    for i in sorted(range(n), key=lambda i: (headers[i].path, headers[i].frame or 0,
+                                             headers[i].mosaic[0] if headers[i].mosaic else 0)):
+        h = headers[i]
         try:
             if h.rows != rows or h.columns != cols:
                 raise PixelError(f"size {h.rows}x{h.columns} differs from the series' {rows}x{cols}")
+            if h.mosaic is not None:
+                out[i] = tile_of(_mosaic_image(h, mosaic, scratch), h)
+                continue
             if _fast_read(h, out[i], scratch):
                 continue
             if h.path not in decoded:
@@ -121,7 +154,7 @@ def read_slices(headers: Sequence[SliceHeader], problems: list[tuple[int, str]])
                     decoded[h.path] = _decode_file(h.path)
                 except PixelError as e:
                     decoded[h.path] = e  # remember: the other frames of this file fail the same way
-            arr = decoded[h.path]
+            arr = decoded[h.path] if h.n_frames > 1 else decoded.pop(h.path)  # one-image files: not kept
             if isinstance(arr, PixelError):
                 raise arr
             frame = h.frame or 0
