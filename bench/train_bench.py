@@ -81,7 +81,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="peak dense bf16 TFLOP/s for MFU")
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--recipe", default="", help="run training.pretrain itself with this training recipe (ct-rate): "
+                                                "one step of the real configuration on a generated official-layout "
+                                                "cache; CPU: at a reduced size, GPU: at full size")
+    p.add_argument("--text-model", default="", help="--recipe: the recipe's text tower folder (default: the "
+                                                    "installed one, else a small stand-in in the same layout)")
+    p.add_argument("--init-2d", default="", help="--recipe: the MAE checkpoint (default: the cached one, else a "
+                                                 "random ViT-B in timm's layout)")
     args = p.parse_args(argv)
+    if args.recipe:
+        return recipe_bench(args)
 
     from hlip_engine.model import create_model
     from hlip_engine.model.vit import flops_per_study
@@ -177,6 +186,126 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if device.type == "cuda" and math.isfinite(results[0]["studies_per_s"]):
         print("target (H200, ViT-B token1176, 8x8, bf16): >= 50 studies/s in <= 26.5 GB; official 33.8 studies/s")
+    return 0
+
+
+def _stand_in_text_tower(folder: Path, model_type: str) -> Path:
+    """A small BERT laid out like the recipe's tower (CXR-BERT: custom model type, weights under 'bert.')."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    from hlip_engine.model.text import minilm_folder
+
+    config = dict(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=256, max_position_embeddings=512, type_vocab_size=2, pad_token_id=0)
+    bert = BertModel(BertConfig(**config), add_pooling_layer=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    prefix = "bert." if model_type != "bert" else ""
+    save_file({prefix + k: v.contiguous() for k, v in bert.state_dict().items()}, str(folder / "model.safetensors"))
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_folder() / f, folder / f)
+    return folder
+
+
+def _stand_in_mae(path: Path, width: int = 768, depth: int = 12) -> Path:
+    """Random weights in the layout of timm's vit_base_patch16_224.mae (model.safetensors)."""
+    from safetensors.torch import save_file
+
+    sd = {"cls_token": torch.randn(1, 1, width) * 0.02, "pos_embed": torch.randn(1, 197, width) * 0.02,
+          "patch_embed.proj.weight": torch.randn(width, 3, 16, 16) * 0.02, "patch_embed.proj.bias": torch.zeros(width),
+          "norm.weight": torch.ones(width), "norm.bias": torch.zeros(width)}
+    for i in range(depth):
+        for name, shape in (("attn.qkv", (3 * width, width)), ("attn.proj", (width, width)),
+                            ("mlp.fc1", (4 * width, width)), ("mlp.fc2", (width, 4 * width))):
+            sd[f"blocks.{i}.{name}.weight"] = torch.randn(shape) * 0.02
+            sd[f"blocks.{i}.{name}.bias"] = torch.zeros(shape[0])
+        for name in ("norm1", "norm2"):
+            sd[f"blocks.{i}.{name}.weight"] = torch.ones(width)
+            sd[f"blocks.{i}.{name}.bias"] = torch.zeros(width)
+    save_file(sd, str(path))
+    return path
+
+
+def recipe_bench(args) -> int:
+    """One optimiser step of ``python -m training.pretrain --recipe NAME`` on a generated cache in the official
+    CT-RATE layout (raw HU tensors larger and smaller than the grid, official report strings, an invalid
+    volume). CPU: the recipe's architecture at half the input size with batch 2 x 2 accumulated; GPU: full size,
+    the recipe's batch. Text tower and MAE weights are the installed ones when present, else stand-ins in
+    their layouts (so the CXR-BERT mapping and the 2-D inflation run either way)."""
+    import tempfile
+
+    from hlip_engine.model import get_config
+    from hlip_engine.model.text import resolve_text_folder
+    from training.config import parse_config
+    from training.ct_rate import official_report
+    from training.inflate import resolve_init_2d
+    from training.pretrain import train
+    from training.recipes import recipe_options
+
+    if args.recipe != "ct-rate":
+        raise SystemExit("bench --recipe: only ct-rate has a generated data set here")
+    options = recipe_options(args.recipe)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else torch.device(args.device)
+    full = device.type == "cuda"
+    work = Path(tempfile.mkdtemp(prefix="hlip-recipe-bench-"))
+    arch = get_config(options["arch"])
+    if not full:  # the same layout (patch, blocks, width, depth) on half the grid: 7 x 7 x 7 tokens
+        arch["visual"]["input_size"] = [d // 2 for d in arch["visual"]["input_size"]]
+        arch["name"] = arch["name"] + "_half"
+    grid = arch["visual"]["input_size"]
+    arch_file = work / "arch.json"
+    arch_file.write_text(json.dumps(arch))
+    text = args.text_model or options["text_model"]
+    stand_ins = []
+    if resolve_text_folder(text) is None:
+        text = str(_stand_in_text_tower(work / "cxr-bert", "cxr-bert"))
+        stand_ins.append("text tower (CXR-BERT layout, 2 layers)")
+    init_2d = args.init_2d or "mae"
+    try:
+        init_2d = str(resolve_init_2d(init_2d, width=arch["visual"]["width"]))
+    except FileNotFoundError:
+        init_2d = str(_stand_in_mae(work / "mae.safetensors", arch["visual"]["width"], arch["visual"]["depth"]))
+        stand_ins.append("MAE weights (random, timm layout)")
+    batch, accum = (options["batch_size"], 1) if full else (2, 2)
+    root, manifest = work / "train", {}
+    g = torch.Generator().manual_seed(0)
+    for i in range(batch * accum + 1):
+        study = f"train_{i + 1}_a"
+        folder = root / f"train_{i + 1}" / study
+        folder.mkdir(parents=True)
+        shape = [max(8, int(n * (0.8 + 0.4 * float(torch.rand(1, generator=g))))) for n in grid]
+        torch.save(torch.rand(shape, generator=g) * 3000 - 1500, folder / f"{study}_1.pt")
+        manifest[study] = {"recons": [f"{study}_1.nii.gz"],
+                           "report": [official_report(f"Finding {i} in the right lung.", f"Lungs: finding {i}.")]}
+    manifest["train_1267_a"] = {"recons": ["train_1267_a_4.nii.gz"], "report": ["The volume shows: invalid."]}
+    (work / "raw_annotation.json").write_text(json.dumps(manifest))
+    argv = ["--recipe", args.recipe, "--data", str(work / "raw_annotation.json"), "--data-root", str(root),
+            "--arch", str(arch_file), "--text-model", text, "--init-2d", init_2d, "--steps", "1",
+            "--batch-size", str(batch), "--accum-steps", str(accum), "--workers", "0", "--device", device.type,
+            "--tensorboard", "off", "--out", str(work / "run")]
+    cfg = parse_config(argv)
+    t = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - t
+    with open(work / "run" / "metrics.csv") as f:
+        import csv
+
+        row = list(csv.DictReader(f))[-1]
+    result = {"mode": f"recipe:{args.recipe}", "device": str(device), "grid": grid, "batch": batch,
+              "accum_steps": accum, "loss": float(row["loss"]), "lr": float(row["lr"]),
+              "wall_s_incl_setup": round(seconds, 2), "stand_ins": stand_ins}
+    if device.type == "cuda":
+        result["peak_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps([result], indent=1))
     return 0
 
 

@@ -8,28 +8,20 @@ the same code serves DDP, FSDP and a single process, and a run may resume on ano
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hlip_engine.atomic import atomic_write
+
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """torch.save to ``path`` via a temporary file in the same folder and os.replace (atomic on POSIX)."""
+    """torch.save to ``path`` atomically (hlip_engine.atomic.atomic_write: temp sibling, fsync, os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return path
 
 

@@ -27,20 +27,35 @@ class TrainConfig:
     val_data: str = opt("", "held-out manifest for retrieval / zero-shot (default: a split of --data)")
     val_fraction: float = opt(0.0, "fraction of --data held out for evaluation when --val-data is not given")
     num_scans: int = opt(8, "scans drawn at random per study per step (repeated when a study has fewer)")
-    report_prefix: str = opt("", "text before the report sentences (default by modality: 'This MRI study shows: ')")
+    report_prefix: str = opt("auto", "text before the report sentences; auto = by modality ('This MRI study shows: '), "
+                                     "none for the official CT-RATE layout (its reports are the official string); "
+                                     "'' = nothing")
     shuffle_sentences: bool = opt(True, "shuffle each training report's sentences (the paper's); --no-shuffle-sentences "
                                         "lets a locked text tower's feature cache serve every epoch after the first")
     report_subsets: float = opt(0.0, "probability that a training report is cut to a random subset of its sentences "
                                       "(teaches short texts: search queries, prompts)")
     hu_window: list[float] = opt(None, "LOW HIGH: Hounsfield window for raw-HU caches (official CT-RATE layout)",
                                  nargs=2)
+    geometry: str = opt("auto", "scan tensor -> model grid: fit (crop within the 256->224 margin, else resample), "
+                                "pad-crop (the official CT-RATE zero-pad + centre-crop), auto (pad-crop for the "
+                                "official CT-RATE layout, fit otherwise)", choices=["auto", "fit", "pad-crop"])
+    exclude_volumes: list[str] = opt(None, "recon names to leave out (default: the three invalid CT-RATE volumes "
+                                           "the official code excludes); a study left without any is skipped, "
+                                           "with a note", nargs="+")
+    flip_lr: float = opt(0.0, "probability that a training study is mirrored left-right (every scan, along the "
+                              "patient's left-right axis) with left/right swapped in its report (0 = off)")
     workers: int = opt(2, "DataLoader worker processes per rank (0 = load in the training process)")
     # --- model ---
     arch: str = opt("hlip_tiny", "engine architecture name (hlip_engine/model/configs/*.json) or a JSON file")
     text_model: str = opt("", "text tower (default: the architecture's)")
-    init_2d: str = opt("", "2-D ViT checkpoint (local file) inflated to 3-D by averaging to initialise the image tower")
+    init_2d: str = opt("", "2-D ViT checkpoint inflated to 3-D by averaging to start the image tower: a local file, "
+                           "'mae' (timm's vit_base_patch16_224.mae from the Hugging Face cache; no download), "
+                           "or 'none' (from scratch, on purpose)")
     init: str = opt("", "engine checkpoint (HLIPModel.save or official) to start from instead of random weights")
-    lock_text: bool = opt(False, "freeze the text tower (LiT-style)")
+    lock_text: bool = opt(False, "freeze the text transformer as open_clip's --lock-text: weights frozen, LayerNorms "
+                                 "trainable, dropout active (the projection trains)")
+    lock_text_norms: bool = opt(False, "with --lock-text: also freeze the LayerNorms and run the tower without dropout "
+                                       "(open_clip's --lock-text-freeze-layer-norm, stiffer; lets --cache-text work)")
     lock_text_unlocked_layers: int = opt(0, "with --lock-text: leave this many last text layers trainable")
     text_lr_scale: float = opt(1.0, "learning rate of the (unlocked) pretrained text transformer = --lr times this")
     cache_text: str = opt("auto", "cache the locked text tower's features per report: auto (when fully locked), on, off",
@@ -49,6 +64,10 @@ class TrainConfig:
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     # --- loss ---
     loss: str = opt("clip", "contrastive loss", choices=["clip", "siglip"])
+    objective: str = opt("auto", "single: output 0 against the report; two-head (HLIP 2026): output 0 against one "
+                                 "random report sentence, output 1 against the whole report, each head with its "
+                                 "own learnt scale (logit_scale, logit_bias); auto = two-head for models with two "
+                                 "outputs", choices=["auto", "single", "two-head"])
     local_loss: bool = opt(False, "CLIP: score only this rank's rows against the gathered batch")
     gather_with_grad: bool = opt(False, "let gradients flow through the all-gathered features")
     text_target_tau: float = opt(0.0, "CLIP: soft targets softmax(cos(report_i, report_j) / tau) so repeated "
@@ -61,7 +80,8 @@ class TrainConfig:
     steps: int = opt(0, "optimiser steps in total (overrides --epochs)")
     lr: float = opt(5e-4, "peak learning rate")
     min_lr_ratio: float = opt(0.0, "final learning rate as a fraction of --lr")
-    warmup: int = opt(100, "linear warm-up steps (capped at a tenth of the run)")
+    warmup: int = opt(100, "linear warm-up steps (open_clip: 10000; capped by --warmup-cap)")
+    warmup_cap: float = opt(0.1, "cap the warm-up at this fraction of the run (0 = no cap, as open_clip)")
     wd: float = opt(0.2, "AdamW weight decay (not applied to biases, norms, logit scale, position tables)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.98, "AdamW beta2")
@@ -87,6 +107,8 @@ class TrainConfig:
     prompts: list[str] = opt(None, "free prompts LABEL=TEXT (instead of --prompt-set)", nargs="+")
     recall_k: list[int] = opt(None, "retrieval recall@k to report (default: 1 5 10)", nargs="+")
     max_eval_studies: int = opt(256, "cap the evaluation set (0 = all)")
+    recipe: str = opt("", "training recipe (training/recipes/NAME.json, or a JSON file): the official "
+                          "hyper-parameters; --config and flags override its values")
     config: str = opt("", "JSON (or YAML) file of options; flags given on the command line win")
 
     def to_dict(self) -> dict:
@@ -142,12 +164,24 @@ def read_config_file(path: str | Path) -> dict:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults < ``--recipe`` < ``--config`` < flags."""
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
+    recipe = first.recipe
     if first.config:
         file_values = read_config_file(first.config)
         file_values.pop("config", None)
-        parser.set_defaults(**file_values)
+        recipe = file_values.get("recipe", recipe) if first.recipe == "" else first.recipe
+    else:
+        file_values = {}
+    if recipe:
+        from .recipes import recipe_options
+
+        try:
+            parser.set_defaults(**recipe_options(recipe))
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+    parser.set_defaults(**file_values)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**vars(args))
     if not cfg.synthetic and not cfg.data:
@@ -161,4 +195,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--zeroshot-csv needs --prompt-set or --prompts")
     if not 0.0 <= cfg.patch_dropout < 1.0:
         parser.error("--patch-dropout must be in [0, 1)")
+    if not 0.0 <= cfg.flip_lr <= 1.0:
+        parser.error("--flip-lr is a probability in [0, 1]")
+    if cfg.flip_lr and cfg.synthetic:
+        parser.error("--flip-lr needs manifest data: the synthetic findings are told apart by textures that are "
+                     "not mirror images of each other, so a flipped study would not match its report")
+    if not 0.0 <= cfg.warmup_cap <= 1.0:
+        parser.error("--warmup-cap must be in [0, 1] (0 = no cap)")
+    if cfg.lock_text_norms and not cfg.lock_text:
+        parser.error("--lock-text-norms goes with --lock-text")
     return cfg

@@ -29,6 +29,8 @@ from torch.utils.data import Dataset
 
 from hlip_engine.recipes import IMAGENET_MEAN, IMAGENET_STD
 
+from .flip import AXIS_W, flip_scan, lr_axis, swap_sides
+
 # The paper normalises the [0, 1] image with the mean of ImageNet's channel means / stds (the engine's values).
 IMAGE_MEAN, IMAGE_STD = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
 
@@ -61,22 +63,36 @@ def load_manifest(path: str | Path) -> dict[str, dict]:
     return studies
 
 
+class ExcludedStudy(ValueError):
+    """A study whose every scan is on the exclusion list (skipped with a note, not an error)."""
+
+
 class StudyRecord:
     """One manifest entry resolved to scan files and report sentences."""
 
-    def __init__(self, root: Path, study_id: str, entry: dict):
+    def __init__(self, root: Path, study_id: str, entry: dict, exclude: frozenset[str] = frozenset()):
         self.study_id = study_id
         self.modality = entry.get("modality", "")
         report = entry["report"]
         self.sentences = split_sentences(report) if isinstance(report, str) else [str(s) for s in report]
         self.raw_hu = "recons" in entry  # official CT-RATE layout: Hounsfield tensors
+        self.excluded: list[str] = []  # recons left out (the official CT-RATE invalid volumes)
         if self.raw_hu:
             folder = root / study_id.rsplit("_", 1)[0] / study_id
-            self.scans = [folder / (r.split(".", 1)[0] + ".pt") for r in entry["recons"]]
+            names = [r.rsplit(".", 2)[0] if r.endswith(".nii.gz") else r.split(".", 1)[0] for r in entry["recons"]]
+            self.excluded = [n for n in names if n in exclude]
+            self.scans = [folder / (n + ".pt") for n in names if n not in exclude]
+            self.lr_axes = {p: AXIS_W for p in self.scans}
         else:
-            self.scans = [root / info["file"] if isinstance(info, dict) and "file" in info
-                          else root / study_id / name / "img.pt"
-                          for name, info in entry["series"].items()]
+            self.scans, self.lr_axes = [], {}
+            for name, info in entry["series"].items():
+                path = (root / info["file"] if isinstance(info, dict) and "file" in info
+                        else root / study_id / name / "img.pt")
+                self.scans.append(path)
+                self.lr_axes[path] = lr_axis(info)
+        if not self.scans and self.excluded:
+            raise ExcludedStudy(f"study {study_id!r}: every recon of it ({', '.join(self.excluded)}) is excluded "
+                                "as invalid")
         if not self.scans:
             raise ValueError(f"study {study_id!r} lists no scans")
 
@@ -99,10 +115,20 @@ class StudyRecord:
                 sentences = [sentences[i] for i in sorted(keep)]
         return prefix + " ".join(sentences)
 
-    def draw_scans(self, num_scans: int, rng: np.random.Generator | None) -> list[Path]:
-        """Training: ``num_scans`` scans in random order, repeating when the study has fewer. Eval: all."""
+    def draw_scans(self, num_scans: int, rng: np.random.Generator | None, max_scans: int | None = None) -> list[Path]:
+        """Training: ``num_scans`` scans in random order, repeating when the study has fewer. Eval: all.
+
+        An official CT-RATE study (``recons``) gives one recon: a random one in training, as the official
+        ``get_scans(shuffle=True)[0]``, the first in evaluation. ``max_scans`` (the model's limit, e.g. 1 for
+        the single-scan chest-CT models) caps both.
+        """
+        if self.raw_hu:
+            num_scans = 1
+            max_scans = 1 if max_scans is None else min(1, max_scans)
+        if max_scans:
+            num_scans = min(num_scans, max_scans)
         if rng is None:
-            return list(self.scans)
+            return list(self.scans)[:max_scans or None]
         order = [self.scans[i] for i in rng.permutation(len(self.scans))]
         return (order * math.ceil(num_scans / len(order)))[:num_scans]
 
@@ -124,9 +150,28 @@ def fit_to_size(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
     return x
 
 
+def pad_crop(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """[D, H, W] -> ``size`` as the official CT-RATE item: zero-pad each axis to at least the size (the
+    extra half after, ``pad // 2`` before), then centre-crop (start ``(n - size) // 2``). No resampling."""
+    pads = []
+    for n, t in zip(reversed(x.shape), reversed(size)):  # F.pad wants the last axis first
+        p = max(t - n, 0)
+        pads += [p // 2, p - p // 2]
+    if any(pads):
+        x = F.pad(x[None, None], pads, mode="constant", value=0.0)[0, 0]
+    starts = [(n - t) // 2 for n, t in zip(x.shape, size)]
+    return x[tuple(slice(s, s + t) for s, t in zip(starts, size))]
+
+
+_pad_crop = pad_crop  # (the keyword argument below shadows the function's name)
+
+
 def load_scan_tensor(path: Path, *, size: tuple[int, int, int] | None,
-                     hu_window: tuple[float, float] | None = None) -> torch.Tensor:
-    """A cached scan -> normalised float32 [1, D, H, W] ready for the model."""
+                     hu_window: tuple[float, float] | None = None, pad_crop: bool = False) -> torch.Tensor:
+    """A cached scan -> normalised float32 [1, D, H, W] ready for the model.
+
+    pad_crop: fit to ``size`` as the official CT-RATE item does (window, zero-pad, centre-crop); otherwise
+    :func:`fit_to_size` (crop within the recipe's margin, else resample)."""
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -145,7 +190,7 @@ def load_scan_tensor(path: Path, *, size: tuple[int, int, int] | None,
     else:
         x = x.float()
     if size is not None:
-        x = fit_to_size(x, size)
+        x = _pad_crop(x, size) if pad_crop else fit_to_size(x, size)
     return ((x - IMAGE_MEAN) / IMAGE_STD)[None].contiguous()
 
 
@@ -159,17 +204,37 @@ class StudyDataset(Dataset):
     def __init__(self, manifest: str | Path | dict, *, root: str | Path | None = None, num_scans: int = 8,
                  train: bool = True, size: tuple[int, int, int] | None = None, prefix: str | None = None,
                  seed: int = 0, hu_window: tuple[float, float] | None = None, ids: list[str] | None = None,
-                 report_subsets: float = 0.0, shuffle_sentences: bool = True):
+                 report_subsets: float = 0.0, shuffle_sentences: bool = True, flip_lr: float = 0.0,
+                 max_scans: int | None = None, exclude: list[str] | tuple[str, ...] = (),
+                 geometry: str = "auto", log=None, sentence_pairs: bool = False):
         if isinstance(manifest, dict):
             studies, root = manifest, Path(root or ".")
         else:
             studies = load_manifest(manifest)
             root = Path(root) if root is not None else Path(manifest).parent
         keys = list(studies) if ids is None else [k for k in ids if k in studies]
-        self.records = [StudyRecord(root, k, studies[k]) for k in keys]
+        excluded = frozenset(exclude)
+        self.records, self.skipped = [], {}
+        for k in keys:
+            try:
+                self.records.append(StudyRecord(root, k, studies[k], excluded))
+            except ExcludedStudy as e:
+                self.skipped[k] = str(e)  # every recon of it is an excluded (invalid) volume
+        noted = [f"{r.study_id}: {n}" for r in self.records for n in r.excluded] + list(self.skipped)
+        if noted and log is not None:
+            log(f"skipped {len(noted)} invalid volume(s) listed by the recipe: {', '.join(noted)}")
+        self.excluded_volumes = noted
+        if not self.records:
+            raise ValueError("no study left in the manifest" + (f" after excluding {noted}" if noted else ""))
         self.num_scans, self.train, self.size, self.seed = num_scans, train, size, seed
         self.prefix, self.hu_window, self.report_subsets = prefix, hu_window, float(report_subsets)
         self.shuffle_sentences = bool(shuffle_sentences)
+        if not 0.0 <= flip_lr <= 1.0:
+            raise ValueError(f"flip_lr is a probability in [0, 1], got {flip_lr}")
+        if geometry not in ("auto", "fit", "pad-crop"):
+            raise ValueError(f"geometry must be 'auto', 'fit' or 'pad-crop', got {geometry!r}")
+        self.flip_lr, self.max_scans, self.geometry = float(flip_lr), max_scans, geometry
+        self.sentence_pairs = bool(sentence_pairs)  # the 2026 two-head objective: (report, one sentence)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -178,8 +243,12 @@ class StudyDataset(Dataset):
         return self.records[index].study_id
 
     def prefix_for(self, record: StudyRecord) -> str:
+        """The text before the report: the one given, else none for the official CT-RATE layout (its
+        reports are the whole official string), else by modality ("This MRI study shows: ")."""
         if self.prefix is not None:
             return self.prefix
+        if record.raw_hu:
+            return ""
         return REPORT_PREFIXES.get(record.modality, REPORT_PREFIXES["MR"])
 
     def __getitem__(self, item):
@@ -189,10 +258,23 @@ class StudyDataset(Dataset):
         window = self.hu_window if record.raw_hu else None
         if record.raw_hu and window is None:
             window = (-1150.0, 350.0)  # CT-RATE's window in the official training
-        scans = [load_scan_tensor(p, size=self.size, hu_window=window)
-                 for p in record.draw_scans(self.num_scans, rng)]
-        return torch.stack(scans), record.report(self.prefix_for(record), rng, self.report_subsets,
-                                                    self.shuffle_sentences), index
+        # CT-RATE geometry: the official zero-pad + centre-crop ('auto': whenever the layout is the official one)
+        pad_crop = self.geometry == "pad-crop" or (self.geometry == "auto" and record.raw_hu)
+        paths = record.draw_scans(self.num_scans, rng, self.max_scans)
+        scans = [load_scan_tensor(p, size=self.size, hu_window=window, pad_crop=pad_crop) for p in paths]
+        prefix = self.prefix_for(record)
+        report = record.report(prefix, rng, self.report_subsets, self.shuffle_sentences)
+        if self.sentence_pairs:  # output 0 of a 2026 model learns single sentences (random one in training)
+            if record.sentences:
+                k = int(rng.integers(len(record.sentences))) if rng is not None else 0
+                report = (report, prefix + record.sentences[k])
+            else:
+                report = (report, report)
+        # a stream of its own, so --flip-lr 0 draws exactly what it drew before the option existed
+        if self.train and self.flip_lr > 0 and np.random.default_rng((self.seed, epoch, index, 1)).random() < self.flip_lr:
+            scans = [flip_scan(x, record.lr_axes[p]) for x, p in zip(scans, paths)]
+            report = tuple(swap_sides(r) for r in report) if isinstance(report, tuple) else swap_sides(report)
+        return torch.stack(scans), report, index
 
 
 class StudyBatches:

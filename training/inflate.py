@@ -18,6 +18,46 @@ _PREFIXES = ("module.", "model.", "encoder.", "backbone.", "visual.trunk.", "vis
 _SKIP = ("pos_embed", "posemb", "head.", "fc_norm", "decoder", "mask_token")
 
 
+# timm's MAE ImageNet ViTs (the official HLIP start: its model configs set timm_model_pretrained: true)
+MAE_BY_WIDTH = {768: "timm/vit_base_patch16_224.mae", 1024: "timm/vit_large_patch16_224.mae"}
+_MAE_FILE = "model.safetensors"
+
+
+def _hub_cached(repo: str, filename: str = _MAE_FILE, cache_dir: str | Path | None = None) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo, filename, cache_dir=str(cache_dir) if cache_dir else None)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def resolve_init_2d(spec: str, *, width: int, cache_dir: str | Path | None = None) -> Path:
+    """``--init-2d`` -> a local file: a path, ``mae`` (timm's MAE ViT of this width, from the Hugging Face
+    cache) or a timm/Hugging Face name such as ``vit_base_patch16_224.mae``. Never downloads."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    name = str(spec)
+    if name.lower() == "mae":
+        if width not in MAE_BY_WIDTH:
+            raise ValueError(f"--init-2d mae: no MAE ImageNet ViT of width {width} (known widths: "
+                             f"{sorted(MAE_BY_WIDTH)}); pass a 2-D checkpoint file or --init-2d none")
+        name = MAE_BY_WIDTH[width]
+    looks_like_hub = name.count("/") <= 1 and path.suffix not in (".pt", ".pth", ".bin", ".safetensors")
+    if looks_like_hub:
+        repo = name if "/" in name else f"timm/{name}"
+        found = _hub_cached(repo, cache_dir=cache_dir)
+        if found is not None:
+            return found
+        raise FileNotFoundError(
+            f"--init-2d: the image tower starts from {repo} ({_MAE_FILE}), which is not in the Hugging Face "
+            f"cache of this machine and is never downloaded at run time. Get it once where there is a network "
+            f"(`huggingface-cli download {repo} {_MAE_FILE}`, or https://huggingface.co/{repo}) and pass "
+            f"--init-2d /path/to/{_MAE_FILE}, or copy the cache; --init-2d none trains from scratch on purpose.")
+    raise FileNotFoundError(f"{path}: 2-D ViT checkpoint not found (--init-2d takes a file, 'mae' or 'none')")
+
+
 def read_2d_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():

@@ -19,7 +19,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from hlip_engine.atomic import atomic_write, atomic_write_text
+
 from .data import IMAGE_MEAN, IMAGE_STD, split_sentences
+from .flip import lr_axis_of_view
 from .reports import keep_sections, match_report, read_reports
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -30,19 +33,11 @@ def safe_name(text: str, fallback: str = "x") -> str:
     return name[:80] or fallback
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_tensor(x, path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(x.clone(), tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(x.clone(), tmp)
 
 
 def series_names(study, scan_indices: list[int], labels: list[str] | None = None) -> list[str]:
@@ -77,13 +72,23 @@ def prepare_one(job: dict) -> dict:
         return {"id": sid, "skip": f"{job['source']}: no usable scan after preprocessing"}
     indices = [int(i) for i in prepared.scan_indices]
     series = {}
-    for name, i, x in zip(series_names(study, indices, list(prepared.labels)), indices, tensor):
+    lesions = None
+    if job.get("lesions"):  # known lesion centres (training.lesions): placed on each model scan's grid
+        from .lesions import lesion_entries
+
+        lesions = lesion_entries(study, prepared, job["lesions"])
+    geometry = list(prepared.geometry) or [None] * len(indices)
+    for k, (name, i, x) in enumerate(zip(series_names(study, indices, list(prepared.labels)), indices, tensor)):
         x01 = (torch.as_tensor(x[0]).float() * IMAGE_STD + IMAGE_MEAN).clamp_(0, 1)  # back to [0, 1]
         stored = (x01 * 255).round_().to(torch.uint8) if job["dtype"] == "uint8" else x01.half()
         _save_tensor(stored, out / sid / name / "img.pt")
         scan = study.scans[i]
         series[name] = {"num_slices": int(x01.shape[0]), "view": scan.orientation, "modality": scan.modality,
                         "description": scan.description, "series_uid": scan.series_uid, "dtype": job["dtype"]}
+        if geometry[k] is not None:  # the patient's left-right axis of the cached [D, H, W] tensor (--flip-lr)
+            series[name]["lr_axis"] = lr_axis_of_view(scan.direction, geometry[k].view.axes)
+        if lesions is not None:
+            series[name]["lesions"] = lesions[k]
     report = job["report"]
     sentences = split_sentences(report) if isinstance(report, str) else [str(s) for s in report]
     entry = {"series": series, "report": sentences, "modality": study.modality or study.scans[0].modality,
@@ -110,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache precision: uint8 like the official cache (4x smaller) or float16")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="parallel processes (0 = in this process)")
+    p.add_argument("--lesions", default="", metavar="FILE",
+                   help="JSON {study_uid: [{centre_lps, radius_mm}]} of known lesions (python -m training.lesions); "
+                        "stored per cached scan on its model grid, for pretrain --lesion-guidance")
     p.add_argument("--flush-every", type=int, default=20, help="rewrite the manifest every N finished studies")
     return p
 
@@ -152,6 +160,10 @@ def run(args) -> int:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     skipped: dict[str, str] = {}
     info = {"recipe": args.recipe, "options": options, "dtype": args.dtype}
+    lesions = {}
+    if args.lesions:
+        lesions = json.loads(Path(args.lesions).read_text())
+        info["lesions"] = Path(args.lesions).name
     sections = [s.upper() for s in args.sections]
     if sections:
         info["sections"] = sections
@@ -190,7 +202,8 @@ def run(args) -> int:
             continue
         used.add(sid)
         jobs.append({"id": sid, "source": ref.source, "recipe": args.recipe, "options": options,
-                     "report": report, "out": str(out), "dtype": args.dtype})
+                     "report": report, "out": str(out), "dtype": args.dtype,
+                     "lesions": lesions.get(ref.uid)})
 
     def flush() -> None:
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))

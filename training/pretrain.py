@@ -4,10 +4,16 @@ The same script runs alone or under torchrun (like nanoGPT's train.py it reads R
 WORLD_SIZE); only rank 0 logs and writes. Examples::
 
     python -m training.pretrain --arch hlip_tiny --synthetic --steps 30 --out runs/smoke
-    torchrun --nproc_per_node=8 -m training.pretrain --arch vit_base_multiscan_h2_token1176 \\
-        --data cache/manifest.json --batch-size 8 --num-scans 8 --epochs 20 --grad-checkpointing \\
-        --init-2d mae_pretrain_vit_base.pth --out runs/brain
+    torchrun --nproc_per_node=4 -m training.pretrain --recipe ct-rate \\
+        --data ct_rate/files/raw_annotation.json --data-root /data/ct_rate/train --out runs/ct_rate
+    torchrun --nproc_per_node=8 -m training.pretrain --recipe brain-mri --data cache/manifest.json \\
+        --batch-size 8 --warmup 2000 --out runs/brain     # flags override the recipe's values
     python -m training.pretrain --out runs/brain        # after a crash: resumes from runs/brain/checkpoints
+
+Recipes (``training/recipes/*.json``: brain-mri, head-ct, ct-rate, two-head-2026) hold the official
+hyper-parameters and cite the official files; they start the image tower from timm's MAE ViT
+(``--init-2d mae``, read from the Hugging Face cache, never downloaded; ``--init-2d none`` = from scratch).
+Precedence: defaults < --recipe < --config < flags.
 
 The run folder holds config.json (every option, resolved), metrics.csv (training), eval.csv,
 checkpoints/last.pt (atomic; ``--resume``) and, at the end, model.safetensors in the engine's format
@@ -25,6 +31,8 @@ import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hlip_engine.atomic import atomic_write, atomic_write_text
 
 from .config import TrainConfig, parse_config
 
@@ -67,12 +75,10 @@ class RunLog:
         if self.metrics_path.is_file():
             with open(self.metrics_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-            tmp = self.out / ".metrics.csv.tmp"
-            with open(tmp, "w", newline="") as f:
+            with atomic_write(self.metrics_path) as tmp, open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=self.FIELDS)
                 w.writeheader()
                 w.writerows(rows)
-            os.replace(tmp, self.metrics_path)
 
     def train(self, row: dict) -> None:
         if not self.enabled:
@@ -92,12 +98,10 @@ class RunLog:
             return
         self.eval_rows.append({"step": step, **metrics})
         fields = list(dict.fromkeys(k for r in self.eval_rows for k in r))
-        tmp = self.out / ".eval.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.out / "eval.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(self.eval_rows)
-        os.replace(tmp, self.out / "eval.csv")
         if self.tb:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"eval/{k}", v, step)
@@ -121,22 +125,27 @@ def _held_out(study_id: str, fraction: float) -> bool:
     return (zlib.crc32(study_id.encode()) % 10_000) < fraction * 10_000  # stable across runs and machines
 
 
-def build_datasets(cfg: TrainConfig, size: tuple[int, int, int]):
+def build_datasets(cfg: TrainConfig, size: tuple[int, int, int], max_scans: int | None = None, log=None,
+                   sentence_pairs: bool = False):
     """(train, eval or None) for the manifest or the synthetic archive, at the model's input size."""
+    from .ct_rate import INVALID_VOLUMES
     from .data import StudyDataset, load_manifest
     from .synthetic import SyntheticStudies
 
-    prefix = cfg.report_prefix or None
+    prefix = None if cfg.report_prefix == "auto" else cfg.report_prefix
     if cfg.synthetic:
         kw = {"size": size, "num_scans": cfg.num_scans}
-        if prefix:
+        if prefix is not None:
             kw["prefix"] = prefix
         train = SyntheticStudies(cfg.synthetic_studies, train=True, seed=cfg.seed, **kw)
         held = SyntheticStudies(max(16, cfg.synthetic_studies // 4), train=False, seed=cfg.seed + 1, **kw)
         return train, held
     root = cfg.data_root or None
     window = tuple(cfg.hu_window) if cfg.hu_window else None
-    kw = {"size": size, "num_scans": cfg.num_scans, "prefix": prefix, "seed": cfg.seed, "hu_window": window}
+    kw = {"size": size, "num_scans": cfg.num_scans, "prefix": prefix, "seed": cfg.seed, "hu_window": window,
+          "max_scans": max_scans,
+          "exclude": INVALID_VOLUMES if cfg.exclude_volumes is None else tuple(cfg.exclude_volumes),
+          "geometry": cfg.geometry, "log": log}
     studies = load_manifest(cfg.data)
     train_ids = list(studies)
     held = None
@@ -147,7 +156,8 @@ def build_datasets(cfg: TrainConfig, size: tuple[int, int, int]):
         train_ids = [k for k in studies if k not in set(held_ids)]
         held = StudyDataset(cfg.data, root=root, train=False, ids=held_ids, **kw) if held_ids else None
     train = StudyDataset(cfg.data, root=root, train=True, ids=train_ids, report_subsets=cfg.report_subsets,
-                         shuffle_sentences=cfg.shuffle_sentences, **kw)
+                         shuffle_sentences=cfg.shuffle_sentences, flip_lr=cfg.flip_lr,
+                         sentence_pairs=sentence_pairs, **kw)
     return train, held
 
 
@@ -200,7 +210,7 @@ def full_model(step_module, cfg: TrainConfig, model_sd: dict):
 def export_model(model, cfg: TrainConfig, path: Path) -> None:
     """Write the engine checkpoint (HLIPModel.save): config embedded, atomic, opened by load_model."""
     model.visual.cfg.patch_dropout = 0.0  # a training-only setting; the exported model infers
-    if cfg.report_prefix:  # search queries get the prefix the reports had (HLIPModel.encode_query)
+    if cfg.report_prefix not in ("", "auto"):  # search queries get the reports' prefix (HLIPModel.encode_query)
         model.config.setdefault("text", {})["query_prefix"] = cfg.report_prefix
     try:
         # text tensors equal to the pretrained tower's are referenced, not copied (load_model checks them)
@@ -219,7 +229,14 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     from .distributed import all_gather_object, all_reduce_mean, barrier, init_distributed
     from .evaluate import evaluate, parse_free_prompts, read_labels
     from .loss import create_loss
-    from .model_setup import ContrastiveStep, TextFeatureCache, build_model, text_is_frozen
+    from .model_setup import (
+        ContrastiveStep,
+        TextFeatureCache,
+        accumulated_backward,
+        build_model,
+        resolve_objective,
+        text_is_frozen,
+    )
     from .optim import CosineSchedule, create_optimizer
 
     env = env or init_distributed(cfg.device)
@@ -228,12 +245,18 @@ def train(cfg: TrainConfig, env: Dist | None = None):
         from .data import load_manifest
 
         load_manifest(cfg.data)  # a wrong path fails in a second, not after building the model
+    if cfg.init_2d and cfg.init_2d.lower() != "none" and not cfg.init:  # a missing MAE file too, in a second
+        from hlip_engine.model import get_config
+
+        from .inflate import resolve_init_2d
+
+        resolve_init_2d(cfg.init_2d, width=int(get_config(cfg.arch)["visual"]["width"]))
     # a wrong loss option too, before the run folder is written
     loss_fn = create_loss(cfg.loss, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
                           text_target_tau=cfg.text_target_tau)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     device = env.device
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -254,9 +277,13 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     cache = None
     if cfg.cache_text == "on" or (cfg.cache_text == "auto" and frozen_text):
         if not frozen_text:
-            raise ValueError("--cache-text on needs a fully frozen text tower (--lock-text, no unlocked layers)")
+            raise ValueError("--cache-text on needs a fully frozen text tower (--lock-text --lock-text-norms, "
+                             "no unlocked layers)")
         cache = TextFeatureCache(model.text)
-    step_module = ContrastiveStep(model, loss_fn, cache).to(device).train()
+    objective = resolve_objective(cfg, model)
+    if objective == "two-head" and cfg.loss != "clip":
+        raise ValueError("--objective two-head uses the CLIP loss on both heads; drop --loss siglip")
+    step_module = ContrastiveStep(model, loss_fn, cache, objective=objective).to(device).train()
     frozen = {n for n, p in step_module.named_parameters() if not p.requires_grad}
     wrapped = wrap_distributed(step_module, cfg, env)
     optimizer = create_optimizer([step_module], lr=cfg.lr, weight_decay=cfg.wd,
@@ -265,7 +292,8 @@ def train(cfg: TrainConfig, env: Dist | None = None):
 
     # -- data ---------------------------------------------------------------------------------------------
     size = tuple(model.visual.cfg.input_size)
-    train_set, held_set = build_datasets(cfg, size)
+    train_set, held_set = build_datasets(cfg, size, max_scans=model.visual.cfg.max_scans,
+                                         log=lambda m: say(env, m), sentence_pairs=objective == "two-head")
     batches = StudyBatches(len(train_set), cfg.batch_size, rank=env.rank, world_size=env.world_size,
                            seed=cfg.seed)
     if len(batches) < cfg.accum_steps:
@@ -273,8 +301,12 @@ def train(cfg: TrainConfig, env: Dist | None = None):
                          f"--accum-steps {cfg.accum_steps}")
     steps_per_epoch = len(batches) // cfg.accum_steps
     total = cfg.steps or steps_per_epoch * cfg.epochs
-    schedule = CosineSchedule(optimizer, lr=cfg.lr, warmup=min(cfg.warmup, max(1, total // 10)), total=total,
-                              min_ratio=cfg.min_lr_ratio)
+    warmup = cfg.warmup
+    if cfg.warmup_cap > 0 and warmup > max(1, int(total * cfg.warmup_cap)):
+        warmup = max(1, int(total * cfg.warmup_cap))
+        say(env, f"warm-up {cfg.warmup} steps capped at {warmup} ({cfg.warmup_cap:g} of {total} steps; "
+                 "--warmup-cap 0 keeps it whole, as open_clip)")
+    schedule = CosineSchedule(optimizer, lr=cfg.lr, warmup=warmup, total=total, min_ratio=cfg.min_lr_ratio)
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
@@ -363,18 +395,22 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     while step < total:
         lr = schedule.apply(step)
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(cfg.accum_steps):
+        if cfg.accum_steps == 1:
             images, reports, _ = next(it)
-            images = images.to(device, non_blocking=True)
-            sync = micro == cfg.accum_steps - 1 or not env.enabled or cfg.fsdp
-            ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
-            with ctx:
-                with autocast():
-                    loss = wrapped(images, reports)
-                scaler.scale(loss / cfg.accum_steps).backward()
-            step_loss += float(loss.detach()) / cfg.accum_steps
+            with autocast():
+                loss = wrapped(images.to(device, non_blocking=True), reports)
+            scaler.scale(loss).backward()
+            step_loss = float(loss.detach())
             batch_in_epoch += 1
+        else:  # open_clip's accum_freq: one loss over the k micro-batches (features cached)
+            micro_batches = []
+            for _ in range(cfg.accum_steps):
+                images, reports, _ = next(it)
+                micro_batches.append((images.to(device, non_blocking=True), reports))
+                batch_in_epoch += 1
+            no_sync = wrapped.no_sync if env.enabled and not cfg.fsdp else None
+            step_loss = accumulated_backward(wrapped, micro_batches, autocast=autocast, scaler=scaler,
+                                             no_sync=no_sync)
         if sharded:
             sync_replicated_grads(step_module, env)
         if cfg.grad_clip > 0:
@@ -420,7 +456,7 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     run_eval(final=True, final_model=final)
     if env.is_main:
         export_model(final, cfg, out / "model.safetensors")
-        (out / "done.json").write_text(json.dumps({"step": step, "epoch": epoch}))
+        atomic_write_text(out / "done.json", json.dumps({"step": step, "epoch": epoch}))
         say(env, f"done: {step} steps; model -> {out / 'model.safetensors'}")
         if cache is not None:
             say(env, f"text cache: {cache.hits} hits, {cache.misses} misses")

@@ -90,6 +90,52 @@ def _no_pooler(model_type: str) -> dict:
     return {"add_pooling_layer": False} if model_type in ("bert", "roberta", "xlm-roberta", "electra") else {}
 
 
+# Hugging Face model types that are a plain BertModel wrapped in custom (trust_remote_code) classes: their
+# BERT weights sit under "bert." (CXR-BERT: ``CXRBertModel.bert``, what the official ``--use-cxr-bert`` takes).
+# They are mapped onto transformers' own BertModel, so no remote code runs.
+CUSTOM_BERT_TYPES = {"cxr-bert": "bert."}
+
+
+def _custom_bert_config(folder: Path) -> dict | None:
+    """The folder's config as a plain BERT config dict when it is a known custom BERT, else None."""
+    import json
+
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if raw.get("model_type") not in CUSTOM_BERT_TYPES:
+        return None
+    drop = ("architectures", "auto_map", "_name_or_path", "projection_size", "transformers_version")
+    return {**{k: v for k, v in raw.items() if k not in drop}, "model_type": raw["model_type"]}
+
+
+def _load_custom_bert(folder: Path, config: dict) -> nn.Module:
+    """A known custom BERT (CXR-BERT) -> transformers' BertModel (no pooler) with its "bert." weights."""
+    from transformers import BertConfig, BertModel
+
+    prefix = CUSTOM_BERT_TYPES[config["model_type"]]
+    bert = BertModel(BertConfig(**{k: v for k, v in config.items() if k != "model_type"}), add_pooling_layer=False)
+    files = [folder / "model.safetensors", folder / "pytorch_model.bin"]
+    path = next((f for f in files if f.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin for text model "
+                                f"{config['model_type']!r}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    mine = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    missing = sorted(set(bert.state_dict()) - set(mine) - {"embeddings.position_ids"})
+    if missing:
+        raise ValueError(f"{path}: the {config['model_type']} weights lack {missing[:4]}"
+                         f"{' ...' if len(missing) > 4 else ''} (expected BERT keys under {prefix!r})")
+    bert.load_state_dict({k: v for k, v in mine.items() if k in bert.state_dict()}, strict=False)
+    return bert
+
+
 class TextTower(nn.Module):
     """list[str] -> [T, E] (unnormalised). ``transformer`` is the HF model, ``proj`` a bias-free Linear."""
 
@@ -116,13 +162,20 @@ class TextTower(nn.Module):
         name = MINILM if name is None else str(name)
         folder = resolve_text_folder(name)
         folder_has_model = folder is not None and (folder / "config.json").is_file()
-        if pretrained and folder_has_model:
+        custom = folder_has_model and _custom_bert_config(folder)  # CXR-BERT: a BERT behind custom code
+        if pretrained and custom:
+            model = _load_custom_bert(folder, custom)
+        elif pretrained and folder_has_model:
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
             with _quiet_transformers():  # the unused pooler weights are expected, not news
                 model = AutoModel.from_pretrained(folder, local_files_only=True, **_no_pooler(config.model_type))
         else:
-            if hf_config is None and folder_has_model:
+            if hf_config is None and custom:
+                hf_config = custom
+            elif hf_config is None and folder_has_model:
                 hf_config = AutoConfig.from_pretrained(folder, local_files_only=True).to_dict()
+            if hf_config is not None and hf_config.get("model_type") in CUSTOM_BERT_TYPES:
+                hf_config = {**hf_config, "model_type": "bert"}
             if hf_config is None:
                 raise FileNotFoundError(
                     f"text model {name!r} is not on this machine (no folder, package or Hugging Face cache "
@@ -158,6 +211,12 @@ class TextTower(nn.Module):
                 f"no tokenizer for text model {self.name!r}: looked in {where}. Put the tokenizer files "
                 f"({', '.join(TOKENIZER_FILES)}) in a folder and pass text_model=<folder> "
                 "(CLI: --text-model), or put them beside the checkpoint (a Hugging Face model folder).")
+        if (folder / "config.json").is_file() and _custom_bert_config(folder):
+            # a custom model type (CXR-BERT) would make AutoTokenizer ask for its remote code: it is a BERT
+            # tokenizer (vocab.txt / tokenizer.json), so read it as one
+            from transformers import BertTokenizerFast
+
+            return BertTokenizerFast.from_pretrained(folder, local_files_only=True)
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -181,10 +240,15 @@ class TextTower(nn.Module):
         ids = self.tokenize(texts)["input_ids"].to(self.proj.weight.device)
         return self(ids)
 
-    def lock(self, unlocked_layers: int = 0) -> None:
-        """Freeze the transformer except its last ``unlocked_layers`` layers; ``proj`` stays trainable."""
-        for p in self.transformer.parameters():
-            p.requires_grad = False
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the transformer except its last ``unlocked_layers`` layers; ``proj`` stays trainable.
+
+        ``freeze_layer_norm=False`` is open_clip's ``--lock-text`` (``HFTextEncoder.lock``, its default in
+        open_clip_train): the LayerNorms of the locked part keep training. True freezes them too (open_clip's
+        ``--lock-text-freeze-layer-norm``), so a fully locked tower is a constant function.
+        """
+        for name, p in self.transformer.named_parameters():
+            p.requires_grad = (not freeze_layer_norm) and "LayerNorm" in name.split(".")
         if unlocked_layers > 0:
             layers = getattr(getattr(self.transformer, "encoder", None), "layer", None)
             if layers is None:

@@ -53,6 +53,8 @@ def test_prepare_caches_uint8_in_the_official_layout_and_resumes(archive, tmp_pa
     assert set(manifest) == {uids["patient0"], uids["patient1"]}
     assert manifest[sid0]["report"] == ["Small vessel disease.", "No acute infarct."]
     assert len(manifest[sid0]["series"]) == 2 and manifest[sid0]["modality"] == "MR"
+    # axial scans: the patient's left-right is the column axis of the cached tensor (--flip-lr flips it)
+    assert [s["lr_axis"] for s in manifest[sid0]["series"].values()] == [2, 2]
     skipped = json.loads((out / "skipped.json").read_text())
     assert any("no report" in reason for reason in skipped.values())
     # tensors: uint8 [16, 32, 32] at <study>/<series>/img.pt, and they are the engine's preprocessing

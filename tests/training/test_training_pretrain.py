@@ -18,7 +18,7 @@ TORCHRUN = REPO / ".venv" / "bin" / "torchrun"
 
 # 48 synthetic studies / batch 8 = 6 steps an epoch, so 30 steps cross 4 epoch ends (epoch checkpoints)
 RUN = ["--arch", "hlip_tiny", "--synthetic", "--synthetic-studies", "48", "--steps", "30", "--batch-size", "8",
-       "--num-scans", "2", "--lr", "2e-3", "--warmup", "3", "--lock-text", "--log-every", "1", "--save-every", "5",
+       "--num-scans", "2", "--lr", "2e-3", "--warmup", "3", "--lock-text", "--lock-text-norms", "--log-every", "1", "--save-every", "5",
        "--max-eval-studies", "16", "--seed", "0"]
 
 
