@@ -32,7 +32,7 @@ gen library 300 1
 gen library2 200 3
 GRID=(--option slices=32 --option size=112 --option crop=96 --recipe auto)
 COMMON=(--arch hlip_demo --num-scans 2 --patch-dropout 0.5 --batch-size 32 --lock-text
-        --report-prefix "This study shows: " --workers 2)
+        --report-prefix "This study shows: " --workers 2 --lock-text-norms)
 # stages 1-2: whole reports
 merge_reports "$W/reports_500.json" library library2
 mkdir -p "$W/lib300"; ln -sfn "$PWD/$W/library" "$W/lib300/library"

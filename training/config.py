@@ -70,6 +70,9 @@ class TrainConfig:
                                  "outputs", choices=["auto", "single", "two-head"])
     local_loss: bool = opt(False, "CLIP: score only this rank's rows against the gathered batch")
     gather_with_grad: bool = opt(False, "let gradients flow through the all-gathered features")
+    lesion_guidance: float = opt(0.0, "weight of the lesion-guidance term (training/lesions.py): -log of the "
+                                      "share of the study-level CLS attention on known lesion tokens; needs a "
+                                      "cache made with training.prepare --lesions; 0 = off (plain CLIP)")
     text_target_tau: float = opt(0.0, "CLIP: soft targets softmax(cos(report_i, report_j) / tau) so repeated "
                                       "reports are not negatives of each other (0 = one-hot, plain CLIP)")
     max_logit_scale: float = opt(100.0, "clamp exp(logit_scale) to this temperature")

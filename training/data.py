@@ -83,13 +83,16 @@ class StudyRecord:
             self.excluded = [n for n in names if n in exclude]
             self.scans = [folder / (n + ".pt") for n in names if n not in exclude]
             self.lr_axes = {p: AXIS_W for p in self.scans}
+            self.lesions: dict[Path, list[dict]] = {}
         else:
-            self.scans, self.lr_axes = [], {}
+            self.scans, self.lr_axes, self.lesions = [], {}, {}
             for name, info in entry["series"].items():
                 path = (root / info["file"] if isinstance(info, dict) and "file" in info
                         else root / study_id / name / "img.pt")
                 self.scans.append(path)
                 self.lr_axes[path] = lr_axis(info)
+                if isinstance(info, dict) and info.get("lesions"):  # training.prepare --lesions
+                    self.lesions[path] = info["lesions"]
         if not self.scans and self.excluded:
             raise ExcludedStudy(f"study {study_id!r}: every recon of it ({', '.join(self.excluded)}) is excluded "
                                 "as invalid")
@@ -206,7 +209,8 @@ class StudyDataset(Dataset):
                  seed: int = 0, hu_window: tuple[float, float] | None = None, ids: list[str] | None = None,
                  report_subsets: float = 0.0, shuffle_sentences: bool = True, flip_lr: float = 0.0,
                  max_scans: int | None = None, exclude: list[str] | tuple[str, ...] = (),
-                 geometry: str = "auto", log=None, sentence_pairs: bool = False):
+                 geometry: str = "auto", log=None, sentence_pairs: bool = False,
+                 token_grid: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None):
         if isinstance(manifest, dict):
             studies, root = manifest, Path(root or ".")
         else:
@@ -235,6 +239,7 @@ class StudyDataset(Dataset):
             raise ValueError(f"geometry must be 'auto', 'fit' or 'pad-crop', got {geometry!r}")
         self.flip_lr, self.max_scans, self.geometry = float(flip_lr), max_scans, geometry
         self.sentence_pairs = bool(sentence_pairs)  # the 2026 two-head objective: (report, one sentence)
+        self.token_grid = token_grid  # (grid, patch): items also carry lesion token masks (--lesion-guidance)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -271,10 +276,33 @@ class StudyDataset(Dataset):
             else:
                 report = (report, report)
         # a stream of its own, so --flip-lr 0 draws exactly what it drew before the option existed
-        if self.train and self.flip_lr > 0 and np.random.default_rng((self.seed, epoch, index, 1)).random() < self.flip_lr:
+        flip = self.train and self.flip_lr > 0 and (
+            np.random.default_rng((self.seed, epoch, index, 1)).random() < self.flip_lr)
+        if flip:
             scans = [flip_scan(x, record.lr_axes[p]) for x, p in zip(scans, paths)]
             report = tuple(swap_sides(r) for r in report) if isinstance(report, tuple) else swap_sides(report)
-        return torch.stack(scans), report, index
+        if self.token_grid is None:
+            return torch.stack(scans), report, index
+        return torch.stack(scans), report, index, self.lesion_masks(record, paths, scans, flip)
+
+    def lesion_masks(self, record: StudyRecord, paths: list[Path], scans: list[torch.Tensor], flip: bool):
+        """[N, d, h, w] bool: the tokens of each drawn scan on a known lesion (mirrored with the scan).
+
+        The lesion entries are on the grid the cache was prepared at; a scan resized on loading would move
+        them, so that is refused."""
+        from .lesions import token_mask
+
+        grid, patch = self.token_grid
+        masks = []
+        for x, p in zip(scans, paths):
+            shape = tuple(int(v) * int(q) for v, q in zip(grid, patch))
+            if record.lesions.get(p) and tuple(x.shape[-3:]) != shape:
+                raise ValueError(f"{p}: cached at {tuple(x.shape[-3:])}, the model's grid is {shape}; lesion "
+                                 "guidance needs the cache prepared at the model's grid (training.prepare "
+                                 "--option slices=.. size=.. crop=..)")
+            m = torch.from_numpy(token_mask(record.lesions.get(p, []), grid, patch))
+            masks.append(torch.flip(m, dims=(record.lr_axes[p],)) if flip else m)
+        return torch.stack(masks)
 
 
 class StudyBatches:
@@ -311,5 +339,7 @@ class StudyBatches:
 
 
 def collate(items):
-    scans, reports, index = zip(*items)
-    return torch.stack(scans), list(reports), torch.tensor(index)  # [B, N, 1, D, H, W], [B], [B]
+    """-> scans [B, N, 1, D, H, W], reports [B], index [B] (+ lesion token masks [B, N, d, h, w])."""
+    scans, reports, index, *masks = zip(*items)
+    out = (torch.stack(scans), list(reports), torch.tensor(index))
+    return out + (torch.stack(masks[0]),) if masks else out

@@ -108,10 +108,12 @@ class ContrastiveStep(nn.Module):
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, text_cache: TextFeatureCache | None = None,
-                 objective: str = "single"):
+                 objective: str = "single", lesion_guidance: float = 0.0):
         super().__init__()
         self.model, self.loss = model, loss
         self.text_cache = text_cache
+        self.lesion_guidance = float(lesion_guidance)  # weight of training.lesions.guidance_loss (0 = off)
+        self.last_guidance = 0.0  # the term's value at the last step (for the progress bar and the log)
         if objective not in ("single", "two-head"):
             raise ValueError(f"objective must be 'single' or 'two-head', got {objective!r}")
         self.objective = objective
@@ -149,7 +151,10 @@ class ContrastiveStep(nn.Module):
         return self.loss(f["image"], f["text"], scale)
 
     def forward(self, images: torch.Tensor, reports: list, mode: str = "loss",
-                cached: list[dict] | None = None, slot: int = 0, scales_grad: bool = True):
+                cached: list[dict] | None = None, slot: int = 0, scales_grad: bool = True,
+                lesion_masks: torch.Tensor | None = None):
+        if self.lesion_guidance > 0 and lesion_masks is not None and mode == "loss" and not cached:
+            return self._guided(images, reports, lesion_masks, scales_grad)
         feats = self.features(images, reports)
         if mode == "features":
             return {k: v.detach() for k, v in feats.items()}
@@ -157,6 +162,18 @@ class ContrastiveStep(nn.Module):
             feats = {k: torch.cat([c[k] for c in cached[:slot]] + [v] + [c[k] for c in cached[slot + 1:]])
                      for k, v in feats.items()}
         return self.loss_from(feats, scales_grad=scales_grad)
+
+    def _guided(self, images, reports, lesion_masks, scales_grad):
+        """The contrastive loss + ``lesion_guidance`` x the lesion-guidance term (training/lesions.py)."""
+        from .lesions import StudyAttentionTap, guidance_loss, kept_masks
+
+        with StudyAttentionTap(self.model.visual) as tap:
+            feats = self.features(images, reports)
+        masks = lesion_masks.to(images.device)
+        has = masks.flatten(1).any(dim=1)
+        guidance = guidance_loss(tap.image_attention(), kept_masks(masks, self.model.visual), has)
+        self.last_guidance = float(guidance.detach())
+        return self.loss_from(feats, scales_grad=scales_grad) + self.lesion_guidance * guidance
 
     def train(self, mode: bool = True):
         super().train(mode)

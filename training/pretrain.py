@@ -126,7 +126,7 @@ def _held_out(study_id: str, fraction: float) -> bool:
 
 
 def build_datasets(cfg: TrainConfig, size: tuple[int, int, int], max_scans: int | None = None, log=None,
-                   sentence_pairs: bool = False):
+                   sentence_pairs: bool = False, token_grid=None):
     """(train, eval or None) for the manifest or the synthetic archive, at the model's input size."""
     from .ct_rate import INVALID_VOLUMES
     from .data import StudyDataset, load_manifest
@@ -157,7 +157,7 @@ def build_datasets(cfg: TrainConfig, size: tuple[int, int, int], max_scans: int 
         held = StudyDataset(cfg.data, root=root, train=False, ids=held_ids, **kw) if held_ids else None
     train = StudyDataset(cfg.data, root=root, train=True, ids=train_ids, report_subsets=cfg.report_subsets,
                          shuffle_sentences=cfg.shuffle_sentences, flip_lr=cfg.flip_lr,
-                         sentence_pairs=sentence_pairs, **kw)
+                         sentence_pairs=sentence_pairs, token_grid=token_grid, **kw)
     return train, held
 
 
@@ -283,7 +283,11 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     objective = resolve_objective(cfg, model)
     if objective == "two-head" and cfg.loss != "clip":
         raise ValueError("--objective two-head uses the CLIP loss on both heads; drop --loss siglip")
-    step_module = ContrastiveStep(model, loss_fn, cache, objective=objective).to(device).train()
+    if cfg.lesion_guidance > 0 and (cfg.accum_steps > 1 or cfg.synthetic):
+        raise ValueError("--lesion-guidance needs a cache with lesions (training.prepare --lesions), "
+                         "without --synthetic and with --accum-steps 1")
+    step_module = ContrastiveStep(model, loss_fn, cache, objective=objective,
+                                  lesion_guidance=cfg.lesion_guidance).to(device).train()
     frozen = {n for n, p in step_module.named_parameters() if not p.requires_grad}
     wrapped = wrap_distributed(step_module, cfg, env)
     optimizer = create_optimizer([step_module], lr=cfg.lr, weight_decay=cfg.wd,
@@ -292,8 +296,11 @@ def train(cfg: TrainConfig, env: Dist | None = None):
 
     # -- data ---------------------------------------------------------------------------------------------
     size = tuple(model.visual.cfg.input_size)
+    token_grid = ((tuple(model.visual.cfg.grid), tuple(model.visual.cfg.patch_size))
+                  if cfg.lesion_guidance > 0 else None)
     train_set, held_set = build_datasets(cfg, size, max_scans=model.visual.cfg.max_scans,
-                                         log=lambda m: say(env, m), sentence_pairs=objective == "two-head")
+                                         log=lambda m: say(env, m), sentence_pairs=objective == "two-head",
+                                         token_grid=token_grid)
     batches = StudyBatches(len(train_set), cfg.batch_size, rank=env.rank, world_size=env.world_size,
                            seed=cfg.seed)
     if len(batches) < cfg.accum_steps:
@@ -396,9 +403,10 @@ def train(cfg: TrainConfig, env: Dist | None = None):
         lr = schedule.apply(step)
         optimizer.zero_grad(set_to_none=True)
         if cfg.accum_steps == 1:
-            images, reports, _ = next(it)
+            images, reports, _, *masks = next(it)
             with autocast():
-                loss = wrapped(images.to(device, non_blocking=True), reports)
+                loss = wrapped(images.to(device, non_blocking=True), reports,
+                               lesion_masks=masks[0] if masks else None)
             scaler.scale(loss).backward()
             step_loss = float(loss.detach())
             batch_in_epoch += 1
@@ -425,7 +433,8 @@ def train(cfg: TrainConfig, env: Dist | None = None):
         window_loss += step_loss
         window_n += 1
         bar.update()
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}",
+                        **({"guidance": f"{step_module.last_guidance:.3f}"} if cfg.lesion_guidance > 0 else {}))
         epoch_done = batch_in_epoch + cfg.accum_steps > len(batches)
         if epoch_done:  # the next step starts a new pass (incomplete accumulation groups are dropped)
             epoch, batch_in_epoch = epoch + 1, 0

@@ -132,3 +132,54 @@ def test_guidance_needs_a_study_level_block():
     cfg = VisualConfig(input_size=(8, 16, 16), patch_size=(4, 8, 8), width=32, depth=1, heads=2, blocks=["scan"])
     with pytest.raises(ValueError, match="study-level block"):
         StudyAttentionTap(HLIPVisualEncoder(cfg, embed_dim=16))
+
+
+def test_prepare_lesions_then_guided_training(library, tmp_path):
+    """phantoms -> lesions.json -> prepare --lesions (tiny grid) -> masks follow the scans through --flip-lr ->
+    pretrain --lesion-guidance runs and reports the term."""
+    import json
+
+    from training.config import parse_config
+    from training.data import StudyDataset
+    from training.prepare import main as prepare_main
+    from training.pretrain import train
+
+    folder, records = library
+    lesions = tmp_path / "lesions.json"
+    assert main([str(folder), "--out", str(lesions)]) == 0
+    cache = tmp_path / "cache"
+    assert prepare_main([str(folder), "--out", str(cache), "--recipe", "auto", "--reports",
+                         str(folder / "reports.json"), "--workers", "0", "--lesions", str(lesions),
+                         "--option", "slices=16", "--option", "size=36", "--option", "crop=32"]) == 0
+    manifest = json.loads((cache / "manifest.json").read_text())
+    with_lesions = [e for e in manifest.values() if any(s.get("lesions") for s in e["series"].values())]
+    assert len(with_lesions) == len(json.loads(lesions.read_text())) >= 2
+
+    grid = ((4, 4, 4), (4, 8, 8))
+    plain = StudyDataset(cache / "manifest.json", size=(16, 32, 32), num_scans=2, token_grid=grid)
+    flipped = StudyDataset(cache / "manifest.json", size=(16, 32, 32), num_scans=2, token_grid=grid, flip_lr=1.0)
+    n_marked = 0
+    for i, rec in enumerate(plain.records):
+        x0, _, _, m0 = plain[(i, 0)]
+        x1, _, _, m1 = flipped[(i, 0)]
+        assert m0.shape == (2, 4, 4, 4) and m0.dtype == torch.bool
+        for k, path in enumerate(rec.draw_scans(2, np.random.default_rng((0, 0, i)))):
+            axis = rec.lr_axes[path]
+            assert torch.equal(x1[k], torch.flip(x0[k], dims=(1 + axis,)))  # same draw, mirrored
+            assert torch.equal(m1[k], torch.flip(m0[k], dims=(axis,)))  # the mask mirrored with it
+        n_marked += int(m0.any())
+    assert n_marked == len(with_lesions)  # every study with a lesion marks tokens, the others none
+
+    torch.set_num_threads(1)
+    cfg = parse_config(["--arch", "hlip_tiny", "--data", str(cache / "manifest.json"), "--batch-size", "2",
+                        "--num-scans", "2", "--steps", "3", "--lock-text", "--workers", "0", "--lesion-guidance",
+                        "1.0", "--flip-lr", "0.5", "--patch-dropout", "0.5", "--out", str(tmp_path / "run")])
+    train(cfg)
+    from hlip_engine.model import load_model
+
+    exported = load_model(tmp_path / "run" / "model.safetensors", device="cpu")
+    assert exported.visual.cfg.patch_dropout == 0.0  # a training-only setting
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lesion_guidance"] == 1.0
+    with pytest.raises(ValueError, match="lesion-guidance needs"):
+        train(parse_config(["--arch", "hlip_tiny", "--synthetic", "--steps", "1", "--lesion-guidance", "1",
+                            "--out", str(tmp_path / "bad")]))
