@@ -9,7 +9,7 @@ draws from the same mixture. Ground truth is an exact float32 search over the ge
     .venv/bin/python bench/index_bench.py --n 100000 --text  # plus text-query encoding on CPU (MiniLM)
 
 Phases run in separate processes so that each resident-memory peak (VmHWM) is its own:
-build (StudyIndex.create/add/commit), query (StudyIndex.open + single-query searches), and the
+build (IndexBuild.create/add/commit), query (StudyIndex.open + single-query searches), and the
 exact IndexFlatIP baseline (which needs n x dim x 4 bytes; 2 GB at 1M).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hlip_engine.index import StudyIndex  # noqa: E402
+from hlip_engine.index import IndexBuild, StudyIndex  # noqa: E402
 from hlip_engine.index.faiss_index import recall_at  # noqa: E402
 
 CHUNK = 20_000
@@ -80,7 +80,7 @@ def fake_metadata(start: int, m: int) -> list[dict]:
 def build_phase(args, folder: Path, queries: np.ndarray, q) -> None:
     """Generate, add and commit; exact ground truth is computed on the side (not timed)."""
     mix = Mixture(args.dim, args.clusters)
-    index = StudyIndex.create(folder, args.dim, "bench-mixture", recipe="bench")
+    index = IndexBuild.create(folder, args.dim, "bench-mixture", recipe="bench")
     t_store = cpu_store = 0.0
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
@@ -104,7 +104,7 @@ def build_phase(args, folder: Path, queries: np.ndarray, q) -> None:
     _reset_peak_rss()  # so that VmHWM below is the commit's own peak, not the data generator's
     cpu0 = _cpu_s()
     t = time.perf_counter()
-    info = index.commit(index_type=args.index_type)
+    info = index.commit(index_type=args.index_type).info
     t_commit = time.perf_counter() - t
     q.put({"store_s": t_store, "commit_s": t_commit, "build_s": t_store + t_commit, "index": info["index"],
            "commit_cpu_s": _cpu_s() - cpu0, "store_cpu_s": cpu_store, "truth": best_i, "mem": memory_mb(), "add_mem": add_mem, "disk_mb": _disk_mb(folder)})

@@ -22,6 +22,7 @@ _LAZY = {
     "load_model": "hlip_engine.model",
     "create_model": "hlip_engine.model",
     "StudyIndex": "hlip_engine.index",
+    "IndexBuild": "hlip_engine.index",
 }
 
 __all__ = ["PatientInfo", "Scan", "Study", "StudyLoadError", "StudyRef", *_LAZY]

@@ -16,7 +16,6 @@ inference code does.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from .recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES, Recipe, get_recipe
 from .recipes.geometry import ScanGeometry, start_map
 from .recipes.orientation import VoxelView, depth_first_order, reorient_view
 from .study import Scan, Study
+from .windows import ct_recipe
 
 __all__ = ["PreparedStudy", "RECIPES", "Recipe", "preprocess", "recipe_for"]
 
@@ -238,15 +238,12 @@ def _pad_crop(x: torch.Tensor, axes, target) -> tuple[torch.Tensor, tuple]:
 
 
 # --- which recipe -----------------------------------------------------------------------------------------
-_HEAD = re.compile(r"head|brain|skull|cran|neuro|cerebr|stroke|\bcow\b")
-_CHEST = re.compile(r"chest|thora|lung|pulmo|\bcta? pe\b|mediast")
-
-
 def recipe_for(study: Study) -> str:
     """A sensible default recipe from Modality and BodyPartExamined (then descriptions, then field of view).
 
     MR -> brain-mri; CT of the head -> head-ct; CT of the chest -> chest-ct. A CT whose body part is not
-    named goes by its in-plane field of view (a head fits in 300 mm, a chest does not).
+    named goes by its in-plane field of view (a head fits in 300 mm, a chest does not). The body-part
+    reading is :mod:`hlip_engine.windows`', the one the viewer's opening window uses too.
     """
     mods = {(s.modality or s.attributes.get("modality_guess") or "").upper() for s in study.scans}
     mods = (mods - {""}) or ({study.modality.upper()} - {""})
@@ -256,11 +253,4 @@ def recipe_for(study: Study) -> str:
     if mods != {"CT"}:
         raise ValueError(f"study {name}: no default recipe for modalities {sorted(mods) or 'unknown'}; "
                          f"choose one of {sorted(RECIPES)}")
-    parts = [str(s.attributes.get("BodyPartExamined", "")) for s in study.scans]
-    for text in (" ".join(parts), " ".join([study.description, *(s.description for s in study.scans)])):
-        text = text.lower()
-        head, chest = bool(_HEAD.search(text)), bool(_CHEST.search(text))
-        if head != chest:
-            return "head-ct" if head else "chest-ct"
-    fov = max(max(s.shape[1] * s.spacing[1], s.shape[2] * s.spacing[2]) for s in study.scans)
-    return "head-ct" if fov <= 300 else "chest-ct"
+    return ct_recipe(study)

@@ -4,7 +4,8 @@ As the paper: per class, every template is filled with every prompt of the class
 L2-normalised, averaged, and re-normalised; scores are ``exp(logit_scale) * image . class``.
 Two modes: ``softmax`` over the classes (Pub-Brain-5), or ``binary`` -- one (negative, positive) pair
 per class, probability = softmax over the pair's positive side (CT-RATE, RSNA / CQ500 style).
-Prompt sets are data: ``hlip_engine/data/prompt_sets.json``.
+Prompt sets are data: ``hlip_engine/data/prompt_sets.json``. Torch loads only when vectors are computed,
+so the GUI reads and resolves prompt sets through this module at start-up.
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+from .atomic import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 PROMPT_SETS = Path(__file__).with_name("data") / "prompt_sets.json"
 MAX_SCALE = 100.0  # the learned temperature is clamped here in training; same at inference
@@ -62,6 +66,8 @@ class Classifier:
 
     def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[B, E] or [E] L2-normalised embeddings -> probabilities [B, K] or [K]."""
+        import torch
+
         emb = torch.as_tensor(embeddings, dtype=torch.float32)
         single = emb.ndim == 1
         emb = emb[None] if single else emb
@@ -86,15 +92,18 @@ def _fill(templates: list[str], prompts: list[str]) -> list[str]:
         if templates else list(prompts)
 
 
-@torch.no_grad()
 def class_vectors(model, groups: list[list[str]], batch: int = 128) -> torch.Tensor:
     """Phrasings per class -> unit vectors [K, E]: mean of the normalised text embeddings, re-normalised.
 
     All texts go through the text tower together, ``batch`` at a time.
     """
+    import torch
+    import torch.nn.functional as F
+
     flat = [t for g in groups for t in g]
-    emb = torch.cat([model.encode_text(flat[i:i + batch], normalize=True).float().cpu()
-                     for i in range(0, len(flat), batch)])  # [T, E]
+    with torch.no_grad():
+        emb = torch.cat([model.encode_text(flat[i:i + batch], normalize=True).float().cpu()
+                         for i in range(0, len(flat), batch)])  # [T, E]
     out, start = [], 0
     for g in groups:
         out.append(F.normalize(emb[start:start + len(g)].mean(dim=0), dim=-1))
@@ -194,8 +203,6 @@ def bar_chart(probs: dict[str, float], path: str | os.PathLike, title: str = "",
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

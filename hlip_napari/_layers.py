@@ -12,135 +12,56 @@ default 2-D view is axial in radiological convention (patient's left on screen r
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from hlip_engine import windows
+from hlip_engine.recipes.orientation import VoxelView, reorient_view
 from hlip_engine.study import Scan, Study
+from hlip_engine.windows import (  # noqa: F401 - the browser's window box takes them from here
+    MR_PERCENTILES,
+    auto_limits,
+    value_range,
+    window_limits,
+    window_presets,
+)
 
 AXIS_LABELS = ("I-S", "A-P", "R-L")
 STUDY_KEY = "hlip_study"  # layer.metadata key holding the Study a scan layer came from
 SCAN_KEY = "hlip_scan"  # layer.metadata key holding the scan's index in Study.scans
 KIND_KEY = "hlip_kind"  # "scan" or "relevance"
-MR_PERCENTILES = (0.5, 99.5)  # the paper's MR clipping, a good auto-contrast too
+WINDOW_KEY = "hlip_window"  # layer.metadata key: the CT preset name shown, or None for MR percentiles
+MR_AUTO_TEXT = "auto (0.5-99.5 %)"
 
 
 # --- geometry --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Orientation:
-    """How to turn a scan's (slice, row, col) array into world-aligned (z, y, x) order.
-
-    order : which source axis becomes world axis 0, 1, 2.
-    flip : per world axis, whether that axis is reversed.
-    affine : 4x4, reoriented array index -> world (S, P, L) mm.
-    """
-
-    order: tuple[int, int, int]
-    flip: tuple[bool, bool, bool]
-    affine: np.ndarray
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """A view of ``array`` (shaped like the scan's voxels) in world-aligned order."""
-        out = np.transpose(array, self.order)
-        return out[tuple(slice(None, None, -1) if f else slice(None) for f in self.flip)]
-
-
-def orientation_of(scan: Scan) -> Orientation:
-    """The axis permutation + flips that align ``scan`` with world axes, and the resulting affine."""
-    a = scan.affine_zyx  # source (slice, row, col) -> world (S, P, L)
-    lin = a[:3, :3]
-    order = [-1, -1, -1]
-    # greedy: the world axis each source axis runs along most, strongest first (oblique-safe)
-    strength = np.abs(lin / np.maximum(np.linalg.norm(lin, axis=0, keepdims=True), 1e-12))
-    taken_w, taken_s = set(), set()
-    for flat in np.argsort(-strength, axis=None):
-        w, s = divmod(int(flat), 3)
-        if w in taken_w or s in taken_s:
-            continue
-        order[w] = s
-        taken_w.add(w)
-        taken_s.add(s)
-    flip = tuple(bool(lin[w, order[w]] < 0) for w in range(3))
-    shape = scan.voxels.shape
-    # new index n -> source index: src[order[w]] = n[w] (or shape - 1 - n[w] when flipped)
-    m = np.zeros((4, 4))
-    m[3, 3] = 1.0
-    for w in range(3):
-        s = order[w]
-        if flip[w]:
-            m[s, w] = -1.0
-            m[s, 3] = shape[s] - 1
-        else:
-            m[s, w] = 1.0
-    return Orientation(tuple(order), flip, a @ m)
+def layer_view(scan: Scan) -> tuple[VoxelView, np.ndarray]:
+    """(view, affine): the scan's voxels re-indexed to run along world (z, y, x) = (S, P, L), which is
+    ITK's "LPS", by the engine's :func:`reorient_view` (a numpy view, no copy), and the 4x4 affine from
+    that view's indices to world mm."""
+    view = reorient_view(scan.direction, "LPS")
+    return view, scan.affine_zyx @ view.index_affine(scan.shape)
 
 
 # --- contrast --------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def window_presets() -> dict[str, dict[str, float]]:
-    """CT window presets (width, level in HU) named as radiologists name them."""
-    text = resources.files("hlip_engine").joinpath("data/window_presets.json").read_text()
-    return {k: v for k, v in json.loads(text)["CT"].items() if not k.startswith("_")}
-
-
-def window_limits(name: str) -> tuple[float, float]:
-    p = window_presets()[name]
-    return (p["level"] - p["width"] / 2.0, p["level"] + p["width"] / 2.0)
-
-
-def _sample(voxels: np.ndarray, n: int = 200_000) -> np.ndarray:
-    """A strided subsample: percentiles of a 300-slice series in milliseconds, not seconds."""
-    step = max(1, int(round((voxels.size / n) ** (1 / 3))))
-    return np.asarray(voxels[::step, ::step, ::step], dtype=np.float32).ravel()
-
-
-def auto_limits(voxels: np.ndarray, percentiles=MR_PERCENTILES) -> tuple[float, float]:
-    """Percentile auto-contrast (MR has no absolute units)."""
-    s = _sample(voxels)
-    s = s[np.isfinite(s)]
-    if s.size == 0:
-        return (0.0, 1.0)
-    lo, hi = np.percentile(s, percentiles)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (float(lo), float(hi))
-
-
-def value_range(voxels: np.ndarray) -> tuple[float, float]:
-    s = _sample(voxels, 400_000)
-    s = s[np.isfinite(s)]
-    if s.size == 0:
-        return (0.0, 1.0)
-    lo, hi = float(s.min()), float(s.max())
-    return (lo, hi if hi > lo else lo + 1.0)
-
-
 def default_ct_window(scan: Scan, study: Study | None = None) -> str:
-    """The window a radiologist opens this CT in: brain for heads, lung/mediastinum for chests."""
-    words = " ".join(str(x) for x in (
-        scan.description, scan.attributes.get("BodyPartExamined", ""), scan.attributes.get("ConvolutionKernel", ""),
-        study.description if study else "")).lower()
-    if any(k in words for k in ("head", "brain", "skull", "cran", "neuro", "stroke")):
-        return "Brain"
-    if "lung" in words:
-        return "Lung"
-    if any(k in words for k in ("chest", "thorax", "thorac", "pulm")):
-        return "Mediastinum"
-    if any(k in words for k in ("abd", "pelvi", "liver")):
-        return "Abdomen"
-    return "Soft tissue"
+    """The window a radiologist opens this CT in, by the study's body part (:mod:`hlip_engine.windows`,
+    the reading ``recipe_for`` uses): Brain for heads, Lung / Mediastinum for chests."""
+    return windows.default_ct_window(study if study is not None else Study(uid="", scans=[scan]), scan)
 
 
-def default_limits(scan: Scan, study: Study | None = None) -> tuple[tuple[float, float], str]:
-    """(contrast limits, how they were chosen) for a scan: a CT window preset or MR percentiles."""
+def default_limits(scan: Scan, study: Study | None = None) -> tuple[tuple[float, float], str | None]:
+    """(contrast limits, CT preset name or None for MR percentiles) for a scan."""
     if (scan.modality or "").upper() == "CT":
         name = default_ct_window(scan, study)
-        return window_limits(name), f"CT {name}"
-    return auto_limits(scan.voxels), "auto (0.5-99.5 %)"
+        return window_limits(name), name
+    return auto_limits(scan.voxels), None
+
+
+def contrast_text(window: str | None) -> str:
+    """How a layer's contrast was chosen, in words (layer metadata "contrast")."""
+    return f"CT {window}" if window else MR_AUTO_TEXT
 
 
 # --- layers ----------------------------------------------------------------------------------------
@@ -161,8 +82,8 @@ def _plain(value: Any) -> Any:
 def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: str = "") -> tuple:
     """One scan as a napari ``(data, kwargs, "image")`` tuple, placed in patient space."""
     scan = study.scans[index]
-    orient = orientation_of(scan)
-    limits, how = default_limits(scan, study)
+    view, affine = layer_view(scan)
+    limits, window = default_limits(scan, study)
     metadata = {
         STUDY_KEY: study,
         SCAN_KEY: index,
@@ -178,13 +99,14 @@ def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: s
         "spacing_mm": tuple(round(s, 4) for s in scan.spacing),
         "shape": scan.shape,
         "source": scan.source,
-        "contrast": how,
+        "contrast": contrast_text(window),
+        WINDOW_KEY: window,
         "value_range": value_range(scan.voxels),
         "attributes": {k: _plain(v) for k, v in scan.attributes.items()},
     }
     kwargs = {
         "name": prefix + scan_name(scan, index),
-        "affine": orient.affine,
+        "affine": affine,
         "contrast_limits": limits,
         "colormap": "gray",
         "metadata": metadata,
@@ -192,7 +114,7 @@ def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: s
         "axis_labels": AXIS_LABELS,
         "interpolation2d": "linear",
     }
-    return (orient.apply(scan.voxels), kwargs, "image")
+    return (view.apply(scan.voxels), kwargs, "image")
 
 
 def study_layer_data(study: Study, prefix: str = "") -> list[tuple]:
@@ -215,10 +137,10 @@ def relevance_layer_data(study: Study, index: int, volume: np.ndarray, prompt: s
     if tuple(volume.shape) != scan.shape:
         raise ValueError(f"relevance for scan {scan_name(scan, index)} has shape {volume.shape}, "
                          f"expected the scan's {scan.shape}")
-    orient = orientation_of(scan)
+    view, affine = layer_view(scan)
     kwargs = {
         "name": f"{prompt} · {scan_name(scan, index)}",
-        "affine": orient.affine,
+        "affine": affine,
         "contrast_limits": (threshold, 1.0),
         "colormap": colormap if colormap is not None else relevance_colormap(),
         "opacity": opacity,
@@ -227,7 +149,7 @@ def relevance_layer_data(study: Study, index: int, volume: np.ndarray, prompt: s
         "axis_labels": AXIS_LABELS,
         "interpolation2d": "linear",
     }
-    return (orient.apply(np.asarray(volume, dtype=np.float32)), kwargs, "image")
+    return (view.apply(np.asarray(volume, dtype=np.float32)), kwargs, "image")
 
 
 def add_studies(viewer, studies) -> list:

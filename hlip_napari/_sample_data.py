@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ._layers import study_layer_data
@@ -34,11 +33,11 @@ def write_sample_study(folder: Path | None = None) -> Path:
     folder = Path(folder) if folder is not None else sample_folder()
     done = folder.with_name(folder.name + ".complete")  # beside the library, not in it
     if not (done.exists() and folder.is_dir()):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".part-", dir=folder.parent))
-        make_studies(tmp, N_STUDIES, DEMO_SEED)
+        from hlip_engine.atomic import atomic_dir
+
         shutil.rmtree(folder, ignore_errors=True)  # a half-written copy from an interrupted run
-        os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:
+            make_studies(tmp, N_STUDIES, DEMO_SEED)
         done.write_text("ok\n")
     records = json.loads((folder / "studies.json").read_text())
     pick = next((r for r in records if r["findings"] == ["tumour"] and r["modality"] == "MR"),

@@ -103,17 +103,24 @@ class IndexStore:
     def peek(self, path: str):
         return self._index if path and self._path == str(path) else None
 
-    def get(self, path: str):
+    def get(self, path: str, model=None):
+        """The index in ``path``, opened once; refused (ModelMismatchError) when ``model`` did not build it."""
         if not path:
             raise FileNotFoundError("no study index chosen: pick an index folder (built with `hlip index build`)")
         if not Path(path).is_dir():
             raise FileNotFoundError(f"study index folder not found: {path}")
+        from hlip_engine.search import model_identity
+
+        expect = model_identity(model) if model is not None else None
         with self._lock:
             if self._path != str(path):
                 from hlip_engine.index import StudyIndex
 
-                self._index = StudyIndex.open(path)
+                self._index, self._path = None, None
+                self._index = StudyIndex.open(path, expect_model=expect)
                 self._path = str(path)
+            elif expect is not None:  # opened for an earlier model: the weights' sha256 is remembered
+                self._index.check_model(expect)
             return self._index
 
     def clear(self) -> None:

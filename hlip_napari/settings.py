@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -56,9 +55,6 @@ class ModelSettings:
 
     def save(self) -> None:
         """Write atomically so a crash never leaves half a file."""
-        path = settings_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".settings-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=1)
-        os.replace(tmp, path)
+        from hlip_engine.atomic import atomic_write_json
+
+        atomic_write_json(settings_path(), asdict(self), indent=1)

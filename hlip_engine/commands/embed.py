@@ -36,18 +36,17 @@ def load_and_embed(args):
 
     from hlip_engine.io import load_study
     from hlip_engine.model import load_model
+    from hlip_engine.search import encode_prepared
 
     model = load_model(args.model, arch=args.arch, text_model=args.text_model, device=args.device)
     study = load_study(args.study)
     options = {"slices": args.slices} if args.slices else {}
     prepared = model.prepare(study, args.recipe, **options)
-    with torch.no_grad():
-        embedding = model.encode_image(torch.as_tensor(prepared.tensor)[None])[0].cpu()
+    embedding = torch.from_numpy(encode_prepared(model, [prepared.tensor])[0])  # as `hlip index build` encodes
     return model, study, prepared, embedding
 
 
 def run(args) -> int:
-    import os
     import sys
     from pathlib import Path
 
@@ -61,11 +60,11 @@ def run(args) -> int:
                f"{tuple(prepared.tensor.shape[-3:])} ({prepared.recipe}) -> embedding [{vec.shape[0]}] "
                f"with {model.config.get('name', 'model')}")
     if args.out:
+        from hlip_engine.atomic import atomic_write
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.npy")
-        np.save(tmp, vec)
-        os.replace(tmp, out)
+        with atomic_write(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, vec)
         print(f"{summary}; saved to {out}")
     else:
         print(summary, file=sys.stderr)

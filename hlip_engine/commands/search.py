@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from hlip_engine import search as retrieval
     from hlip_engine.index import StudyIndex
 
     text = (args.text or "").strip()
@@ -47,22 +48,20 @@ def run(args) -> int:
     index = StudyIndex.open(args.index_dir)
     exclude: list[int] = []
     if args.like:
-        query, exclude, what = _study_query(index, args)
-    else:
-        import torch
+        row = retrieval.stored_row(index, args.like)
+        if row is not None:  # a study of the index: its stored vector, never itself
+            meta = index.metadata([row])[0]
+            query, exclude = index.vectors([row]), [row]
+            what = f"studies like {meta['path']} ({meta.get('description') or meta['study_uid']})"
+        else:
+            from hlip_engine.io import load_study
 
-        model = _model_of(index, args)
-        threads = torch.get_num_threads()
-        if model.device.type == "cpu":
-            torch.set_num_threads(1)  # one short query: a second thread only waits (12 vs 45+ ms measured)
-        try:
-            with torch.inference_mode():
-                query, what = model.encode_query([text], centre=not args.plain).float().cpu().numpy(), repr(text)
-        finally:
-            torch.set_num_threads(threads)
-    scores, ids = index.search(query, args.k, modality=args.modality, date_from=args.date_from,
-                               date_to=args.date_to, exclude=exclude)
-    hits = [dict(score=round(float(s), 4), **m) for s, m in zip(scores[0], index.metadata(ids[0])) if m]
+            query, what = retrieval.study_vector(index, _model_of(index, args), load_study(args.like)), \
+                f"studies like {args.like}"
+    else:
+        query, what = retrieval.text_vector(_model_of(index, args), text, centre=not args.plain), repr(text)
+    filters = {"modality": args.modality, "date_from": args.date_from, "date_to": args.date_to}
+    hits = [h.as_dict() for h in retrieval.search(index, query, args.k, filters, exclude=exclude)]
     if args.json:
         print(json.dumps({"query": what, "index": str(args.index_dir), "hits": hits}, indent=2))
         return 0
@@ -75,43 +74,14 @@ def run(args) -> int:
 
 
 def _model_of(index, args):
-    """Load the index's model; refuse weights other than the ones its embeddings were made with."""
-    from hlip_engine.index.build import model_fingerprint
+    """Load the index's model (its recorded checkpoint, or --model); refuse other weights (ModelMismatchError)."""
     from hlip_engine.model import load_model
+    from hlip_engine.search import checkpoint_identity
 
     recorded = index.info.get("checkpoint")
     path = Path(args.model) if args.model else Path(recorded) if recorded else None
     if path is None or not path.exists():
         raise FileNotFoundError(f"{args.index_dir} was built with {recorded or index.identity['model_id']}, "
                                 "which is not there; pass --model with the same checkpoint")
-    want = index.identity.get("model_hash")
-    if want and model_fingerprint(path) != want:
-        raise ValueError(f"{path} is not the model this index was built with "
-                         f"({index.identity['model_id']}, sha256 {want[:12]}); its embeddings are not comparable")
+    index.check_model(checkpoint_identity(path))  # before loading: other weights are refused cheaply
     return load_model(path, device=args.device)
-
-
-def _study_query(index, args):
-    """(query [1, dim], ids to exclude, description): a stored study's vector, or a new study encoded."""
-    import torch
-
-    like = str(args.like)
-    row = None
-    for where in ({"path": like}, {"path": str(Path(like).resolve())}, {"study_uid": like}):
-        row = index.find(**where)
-        if row is not None:
-            break
-    if row is not None:
-        meta = index.metadata([row])[0]
-        return index.vectors([row]), [row], f"studies like {meta['path']} ({meta.get('description') or meta['study_uid']})"
-    from hlip_engine.io import load_study
-    from hlip_engine.preprocessing import preprocess
-
-    model = _model_of(index, args)
-    study = load_study(like)
-    pre = dict(index.info.get("preprocess") or {})
-    recipe = pre.pop("recipe", None) or index.identity.get("recipe") or None
-    prepared = preprocess(study, recipe, **pre)
-    with torch.inference_mode():
-        vec = model.encode_image(torch.as_tensor(prepared.tensor)[None]).cpu().numpy()
-    return vec, [], f"studies like {like}"

@@ -6,7 +6,6 @@ then ``--resume`` continues with the studies not yet indexed or skipped.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,30 +13,18 @@ from typing import Any
 
 import numpy as np
 
+from ..model.checkpoint import model_fingerprint
 from ..preprocessing import model_recipe
+from ..search import encode_prepared
 from .files import IndexFormatError
+from .index_build import IndexBuild
 from .metadata import normalise_date
 from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
-from .store import StudyIndex
 
 
 def study_key(ref) -> str:
     """What a resumed build recognises a study by: where it lives + its StudyInstanceUID."""
     return f"{ref.source}#{ref.uid}"
-
-
-def model_fingerprint(checkpoint: str | Path) -> str:
-    """sha256 of a checkpoint file, or of a checkpoint folder's weight files (2026 Hugging Face layout)."""
-    path = Path(checkpoint)
-    h = hashlib.sha256()
-    weights = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-    for p in weights:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            while block := f.read(8 << 20):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _one_line(e: BaseException) -> str:
@@ -150,12 +137,12 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
             if not Path(checkpoint).exists():
                 raise FileNotFoundError(f"{checkpoint}: no such model checkpoint")
             refs = discover(library.resolve(), progress=progress)  # absolute paths: keys survive a cd
-            found = refs if refs else f"{library}: no studies found (empty library?)"
+            found = refs if refs else ValueError(f"{library}: no studies found (empty library?)")
         except (ValueError, OSError) as e:
-            found = str(e)
+            found = ValueError(str(e))
     found = group.broadcast(found)
-    if isinstance(found, str):
-        raise ValueError(found)
+    if isinstance(found, Exception):
+        raise found
     refs = found
     report.discovered = len(refs)
 
@@ -173,16 +160,16 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
     todo: Any = None
     if ranks.rank == 0:
         try:
-            index = StudyIndex.create(root, resume=resume, rebuild=rebuild, **ident)
+            index = IndexBuild.create(root, resume=resume, rebuild=rebuild, **ident)
             done = finished_keys(root)  # the main store and any shards left by a killed torchrun build
             todo = [r for r in refs if study_key(r) not in done]
-        except (ValueError, OSError) as e:
-            todo = str(e)
+        except (ValueError, OSError) as e:  # every rank raises the same error type (ModelMismatchError, ...)
+            todo = e if isinstance(e, IndexFormatError) else ValueError(str(e))
     todo = group.broadcast(todo)
-    if isinstance(todo, str):
-        raise (IndexFormatError if "--rebuild" in todo else ValueError)(todo)
+    if isinstance(todo, Exception):
+        raise todo
     if ranks.rank != 0:
-        index = StudyIndex.create(root, resume=True, store=shard_dir(root, ranks.rank), **ident)
+        index = IndexBuild.create(root, resume=True, store=shard_dir(root, ranks.rank), **ident)
     report.already_done = len(refs) - len(todo) if ranks.rank == 0 else 0
     say(f"{len(refs)} studies found, {len(refs) - len(todo)} done earlier; embedding with "
         f"{ident['architecture']} ({recipe}) on {model.device}" + (f" x {ranks.world_size} ranks" if ranks.distributed else ""))
@@ -194,21 +181,21 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
     # 5. every rank done -> rank 0 merges the shards and publishes
     group.barrier()
     if ranks.rank == 0:
-        store = index._writer()
-        added = merge_shards(store, root, log=say)
+        added = merge_shards(index.store, root, log=say)
         if added:
             say(f"merged {added} studies from other ranks")
         try:
-            info = index.commit(index_type=index_type, log=say, extra_info={
+            published = index.commit(index_type=index_type, log=say, extra_info={
                 "checkpoint": str(checkpoint.resolve()), "library": str(library.resolve()),
                 "preprocess": {"recipe": recipe, **options},
                 "build": {"world_size": ranks.world_size, "workers": workers, "device": str(model.device)}})
+            info = published.info
+            published.close()
             report.published = info["version"]
             report.index_type = info["index"]["type"]
             report.total_indexed, report.total_skipped = info["count"], info["skipped"]
         except ValueError as e:
             report.error = str(e)
-    index.close_writer()
     index.close()
     report.seconds = time.time() - t0
     return report
@@ -274,7 +261,7 @@ def _embed(model, index, todo, recipe, options, report, *, workers, batch_size, 
 def _encode_batch(model, batch: list[dict]):
     """[(item, vector float32 [E] or None, reason)]; a batch that fails is retried one study at a time."""
     try:
-        out = model.encode_image([item["tensor"] for item in batch]).float().cpu().numpy()
+        out = encode_prepared(model, [item["tensor"] for item in batch])
         return [(item, out[i], "") for i, item in enumerate(batch)]
     except Exception as e:  # noqa: BLE001
         if len(batch) == 1:

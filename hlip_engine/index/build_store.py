@@ -1,7 +1,7 @@
 """The durable build store: embeddings and metadata appended while a library is indexed.
 
 Why: encoding an archive takes hours and may be killed at any moment (kill -9, power, a full GPU).
-Every ``add`` first writes its embedding chunk to a new file (temp name, fsync, os.replace), then
+Every ``add`` first writes its embedding chunk to a new file (``atomic_write``: temp name, fsync, rename), then
 records the chunk and its studies in one SQLite transaction. A kill between the two leaves an
 orphan chunk file that the next open deletes; a kill anywhere else leaves a consistent store. The
 rows of a chunk are the studies of that transaction, so row ids stay contiguous (0..n-1).
@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from . import metadata as md
-from .files import IndexFormatError, fsync_dir
+from .files import IndexFormatError
 from .vectors import DTYPE, normalise
 
 try:  # POSIX advisory lock; released by the kernel when the process dies, even by kill -9
@@ -175,13 +176,7 @@ class BuildStore:
         keys = [(r[0],) for r in rows]
         name = f"chunk-{secrets.token_hex(8)}.f16"
         path = self.folder / "chunks" / name
-        tmp = path.with_name("." + name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(v.astype(DTYPE).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        atomic_write_bytes(path, v.astype(DTYPE).tobytes())  # fsynced before it is recorded below
         try:
             with self._transaction():
                 first = self.con.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM studies").fetchone()[0]

@@ -2,7 +2,7 @@
 
 Layout of an index folder ``DIR``::
 
-    DIR/CURRENT                  one line naming the published version; replaced with os.replace
+    DIR/CURRENT                  one line naming the published version; replaced atomically (atomic.py)
     DIR/versions/<name>/         info.json, index.faiss, embeddings.f16, metadata.sqlite (never edited)
     DIR/build/                   the durable build store (embedding chunks + progress), see build_store.py
     DIR/shards/rank-NNNNN/       one build store per torchrun rank, merged by rank 0
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_bytes, fsync_dir
+
 FORMAT = "hlip-study-index"
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
@@ -36,38 +38,20 @@ class IndexFormatError(ValueError):
     """An index folder that is corrupted, half-copied, from another model or from another format version."""
 
 
+class ModelMismatchError(IndexFormatError):
+    """The index (or its unfinished build) was made by another model or recipe: ``--rebuild`` replaces it."""
+
+
+class BuildConflictError(IndexFormatError):
+    """The folder already holds studies (or a build started otherwise): pass ``--resume`` or ``--rebuild``."""
+
+
 def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a torn file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def new_version_dir(root: Path) -> tuple[Path, str]:
@@ -98,11 +82,11 @@ def publish(root: Path, tmp_dir: Path, name: str, info: dict[str, Any]) -> Path:
         with open(p, "rb+") as f:
             os.fsync(f.fileno())
     info = {**info, "format": FORMAT, "format_version": FORMAT_VERSION, "version": name, "files": files}
-    write_atomic(tmp_dir / "info.json", json.dumps(info, indent=2).encode())
+    atomic_write_bytes(tmp_dir / "info.json", json.dumps(info, indent=2).encode())
     final = root / VERSIONS / name
     os.rename(tmp_dir, final)
     fsync_dir(final.parent)
-    write_atomic(root / CURRENT, (name + "\n").encode())
+    atomic_write_bytes(root / CURRENT, (name + "\n").encode())
     _remove_old_versions(root, keep={name, _previous_name(root, name)})
     return final
 

@@ -1,4 +1,5 @@
-"""HLIP model: hierarchical ViT (vit.py) + Hugging Face text tower (text.py) + the pair (clip.py).
+"""HLIP model: hierarchical ViT (vit.py) + Hugging Face text tower (text.py) + the pair (clip.py);
+factory.py builds and loads them, checkpoint.py reads and writes the files.
 
 API note (for the training, relevance, index, plugin and demo code)::
 
@@ -35,8 +36,9 @@ Relevance maps (only the last block matters)::
 Architectures are JSON files in ``configs/`` (``list_architectures()``): the four 2025 official ones,
 the five 2026 ``dualdinotxt`` ones, ``hlip_tiny`` (tests) and ``hlip_demo`` (CPU demo).
 """
-from .clip import HLIPModel, create_model, default_device, get_config, list_architectures, load_model
+from .clip import HLIPModel, query_bank
+from .factory import create_model, default_device, get_config, infer_arch, list_architectures, load_model
 from .vit import HLIPVisualEncoder, TokenLayout, VisualConfig
 
 __all__ = ["HLIPModel", "HLIPVisualEncoder", "TokenLayout", "VisualConfig", "create_model", "default_device",
-           "get_config", "list_architectures", "load_model"]
+           "get_config", "infer_arch", "list_architectures", "load_model", "query_bank"]

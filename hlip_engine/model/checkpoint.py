@@ -7,10 +7,9 @@ holds the JSON config (architecture, text model, preprocessing), written atomica
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,34 +190,6 @@ def describe(state_dict: dict) -> str:
     return "; ".join(parts)
 
 
-def infer_arch(state_dict: dict, hints: list[str] = ()) -> str:
-    """The registered architecture whose shapes match; file/folder names break ties (h2 vs h3 ...)."""
-    from .clip import get_config, list_architectures
-
-    sig = visual_signature(state_dict)
-    if sig is None:
-        raise ValueError(f"this is not an HLIP checkpoint: {describe(state_dict)}")
-    names = list_architectures()
-    candidates = [n for n in names if config_signature(get_config(n)) == sig]
-    if not candidates:
-        raise ValueError(f"no registered architecture has these shapes: {describe(state_dict)}. Pass arch= "
-                         f"a config name or dict; registered: {', '.join(names)}")
-    if len(candidates) == 1:
-        return candidates[0]
-    text = " ".join(h.lower().replace("-", "_") for h in hints)
-
-    def score(name: str) -> int:
-        keys = [name, *get_config(name).get("aliases", [])]
-        return max((len(k) for k in keys if k.lower() in text), default=0)
-
-    best = max(candidates, key=score)
-    if score(best) == 0 or sum(score(c) == score(best) for c in candidates) > 1:
-        best = candidates[0]
-        warnings.warn(f"checkpoint shapes fit {candidates}; their block layouts differ and nothing in the "
-                      f"file names says which: using {best!r}. Pass arch= to choose.", stacklevel=3)
-    return best
-
-
 def compare_state(expected: dict, got: dict) -> tuple[list, list, list]:
     """-> (missing, unexpected, mis-shaped as 'key: checkpoint [..] vs model [..]')."""
     missing = sorted(k for k in expected if k not in got)
@@ -251,20 +222,42 @@ def mismatch_message(path, expected: dict, got: dict, arch: str) -> str | None:
 # writing ours
 # --------------------------------------------------------------------------------------------------
 def save_checkpoint(state_dict: dict[str, torch.Tensor], config: dict, path: str | os.PathLike) -> Path:
-    """Write our format atomically: a temp file in the same folder, then os.replace."""
+    """Write our format atomically (:func:`hlip_engine.atomic.atomic_write`)."""
     from safetensors.torch import save_file
+
+    from ..atomic import atomic_write
 
     path = Path(path).expanduser()
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: our checkpoints are .safetensors files")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items() if v is not None}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "config": json.dumps(config)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": json.dumps(config)})
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# which weights these are
+# --------------------------------------------------------------------------------------------------
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(checkpoint: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file, or of a checkpoint folder's weight files (2026 Hugging Face layout).
+
+    What an index records as ``model_hash``; remembered per (path, size, mtime) so a search that checks
+    its model against the index does not re-read gigabytes of weights each time.
+    """
+    path = Path(checkpoint).resolve()
+    weights = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in weights)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in weights:
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                while block := f.read(8 << 20):
+                    h.update(block)
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]

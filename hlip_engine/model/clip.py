@@ -1,7 +1,7 @@
-"""The HLIP pair: hierarchical ViT + text tower + learned logit scale; build, load, save, encode.
+"""The HLIP pair: hierarchical ViT + text tower + learned logit scale; encode and save.
 
-``create_model`` builds a fresh model from a named architecture (``configs/*.json``) with a pretrained
-text tower; ``load_model`` rebuilds one from any supported checkpoint (see checkpoint.py).
+The model alone: building one from a named architecture or loading a checkpoint is factory.py's work
+(``create_model`` / ``load_model``), reading and writing files is checkpoint.py's.
 ``HLIPModel.config`` is plain JSON data and travels inside our checkpoints.
 """
 from __future__ import annotations
@@ -19,17 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import (
-    infer_arch,
-    mismatch_message,
-    read_checkpoint,
-    save_checkpoint,
-)
-from .text import TextTower, bert_config_from_shapes, resolve_text_folder
+from .checkpoint import save_checkpoint
+from .text import TextTower
 from .vit import HLIPVisualEncoder, VisualConfig
-
-CONFIG_DIR = Path(__file__).with_name("configs")
-
 
 # --------------------------------------------------------------------------------------------------
 # typical search queries per domain (HLIPModel.encode_query centres on them)
@@ -49,50 +41,6 @@ def query_bank(name: str) -> list[str]:
         raise ValueError(f"unknown query bank {name!r} (text.query_bank in the model config); "
                          f"known: {', '.join(banks)}")
     return list(banks[name])
-
-
-# --------------------------------------------------------------------------------------------------
-# architecture registry
-# --------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _registry() -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.json"))}
-
-
-def list_architectures() -> list[str]:
-    """Registered architecture names (official ones first, then ours)."""
-    names = list(_registry())
-    return sorted(names, key=lambda n: (n.startswith("hlip_"), n))
-
-
-def get_config(arch: str | dict | os.PathLike) -> dict:
-    """A config by name, from a JSON file, or a dict (copied, so callers may edit it)."""
-    if isinstance(arch, dict):
-        return copy.deepcopy(arch)
-    reg = _registry()
-    if str(arch) in reg:
-        return copy.deepcopy(reg[str(arch)])
-    path = Path(arch)
-    if path.suffix == ".json" and path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    raise ValueError(f"unknown architecture {str(arch)!r}; registered: {', '.join(list_architectures())} "
-                     "(or a path to a .json config)")
-
-
-def _apply_overrides(cfg: dict, overrides: dict) -> dict:
-    """Top-level keys replace (dicts merge); visual keys may be given directly (depth=2, blocks=[...])."""
-    visual_keys = set(VisualConfig.__dataclass_fields__)
-    for key, value in overrides.items():
-        if key in cfg and isinstance(cfg[key], dict) and isinstance(value, dict):
-            cfg[key] = {**cfg[key], **value}
-        elif key in visual_keys and key not in cfg:
-            cfg["visual"][key] = value
-        else:
-            cfg[key] = value
-    return cfg
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,105 +241,3 @@ def text_fingerprint(text: TextTower) -> str:
         h.update(key.encode())
         h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------
-# create / load
-# --------------------------------------------------------------------------------------------------
-def create_model(arch: str | dict = "hlip_tiny", text_model: str | None = None, **overrides) -> HLIPModel:
-    """A fresh model (random visual tower, pretrained text tower from ``text_model`` or the config's)."""
-    cfg = _apply_overrides(get_config(arch), overrides)
-    cfg.setdefault("text", {})
-    if text_model is not None:
-        cfg["text"] = {"model": str(text_model), "context_length": cfg["text"].get("context_length", 256)}
-    t = cfg["text"]
-    text = TextTower.build(t.get("model"), int(cfg["embed_dim"]), t.get("context_length", 256), pretrained=True,
-                           tokenizer_folder=resolve_text_folder(t["tokenizer"]) if t.get("tokenizer") else None)
-    cfg["text"]["model"] = text.name
-    return HLIPModel(cfg, text)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_model(checkpoint: str | os.PathLike, arch: str | dict | None = None, text_model: str | None = None,
-               device: str | torch.device | None = None) -> HLIPModel:
-    """Any supported checkpoint -> HLIPModel in eval mode (CUDA + bf16 autocast when available, else CPU fp32).
-
-    arch: None infers it (our files carry it; official ones by weight shapes + file names).
-    text_model: a folder / HF id for the tokenizer (and text config) when the checkpoint's is not local.
-    """
-    ck = read_checkpoint(checkpoint)
-    sd = ck.state_dict
-    if arch is not None:
-        cfg = get_config(arch)
-    elif ck.config is not None:
-        cfg = copy.deepcopy(ck.config)
-    else:
-        cfg = get_config(infer_arch(sd, ck.hints))
-    name = cfg.get("name", "custom")
-    if "visual.proj.weight" in sd:  # the embedding size is the checkpoint's, whatever the config says
-        cfg["embed_dim"] = int(sd["visual.proj.weight"].shape[0])
-    cfg["init_logit_bias"] = 0.0 if "logit_bias" in sd else None
-    text = _text_for_checkpoint(ck, cfg, text_model)
-    try:
-        model = HLIPModel(cfg, text)
-    except ValueError as e:
-        raise ValueError(f"{ck.path}: architecture {name!r}: {e}") from None
-    if _pretrained_text(cfg, sd):  # the text tensors it left out are the pretrained model's
-        sd = {**{k: v for k, v in model.state_dict().items() if k.startswith(_TEXT_PREFIX)}, **sd}
-    message = mismatch_message(ck.path, model.state_dict(), sd, name)
-    if message:
-        raise ValueError(message)
-    model.load_state_dict(sd)
-    model.config["source"] = {"path": str(ck.path), "kind": ck.kind}
-    device = torch.device(device) if device is not None else default_device()
-    model.to(device).eval()
-    model.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    return model
-
-
-def _pretrained_text(cfg: dict, sd: dict) -> bool:
-    """Saved with (all or part of) its text transformer left out: the rest is the named pretrained model's."""
-    weights = (cfg.get("text") or {}).get("weights")
-    return isinstance(weights, dict) and weights.get("from") == "pretrained"
-
-
-def _text_for_checkpoint(ck, cfg: dict, text_model: str | None) -> TextTower:
-    """Build the text tower to receive the checkpoint's weights, without reading any other weights."""
-    t = dict(cfg.get("text") or {})
-    sd = ck.state_dict
-    if _pretrained_text(cfg, sd):
-        name = str(text_model) if text_model is not None else t.get("model")
-        embed_dim = int(sd["text.proj.weight"].shape[0]) if "text.proj.weight" in sd else int(cfg["embed_dim"])
-        try:
-            tower = TextTower.build(name, embed_dim, int(t.get("context_length", 256)), pretrained=True)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{ck.path}: this checkpoint takes its text transformer from the pretrained model "
-                             f"{name!r}, which cannot be loaded here ({e}); install it or pass text_model=FOLDER") from e
-        if text_fingerprint(tower) != t["weights"].get("sha256"):
-            raise ValueError(f"{ck.path}: the local text model {name!r} is not the one this checkpoint was "
-                             "trained with (weights differ); pass the right folder as text_model")
-        return tower
-    if "text.transformer.embeddings.word_embeddings.weight" not in sd:
-        raise ValueError(f"{ck.path}: no text tower in this checkpoint ({len(sd)} tensors)")
-    shapes = bert_config_from_shapes(sd)
-    name = str(text_model) if text_model is not None else t.get("model")
-    folder = resolve_text_folder(name) if name else None
-    if text_model is None and folder is None and shapes["hidden_size"] == 384 and shapes["num_hidden_layers"] == 6:
-        name, folder = "all-MiniLM-L6-v2", resolve_text_folder("all-MiniLM-L6-v2")  # official-layout MiniLM
-    hf_config = None
-    if folder is not None and (folder / "config.json").is_file():
-        hf_config = json.loads((folder / "config.json").read_text())
-        if hf_config.get("hidden_size") != shapes["hidden_size"] or "model_type" not in hf_config:
-            hf_config = None  # not this model's config (e.g. an open_clip folder): fall back
-    hf_config = hf_config or t.get("hf_config") or shapes
-    tokenizer = ck.tokenizer_folder if text_model is None and ck.tokenizer_folder else None
-    if tokenizer is None and t.get("tokenizer") and text_model is None:
-        tokenizer = resolve_text_folder(t["tokenizer"])
-    if tokenizer is None:
-        tokenizer = folder
-    embed_dim = int(sd["text.proj.weight"].shape[0]) if "text.proj.weight" in sd else int(cfg["embed_dim"])
-    return TextTower.build(name or "unknown", embed_dim, int(t.get("context_length", 256)), pretrained=False,
-                           hf_config=hf_config, tokenizer_folder=tokenizer)

@@ -7,29 +7,18 @@ slices=16, size=40, crop=32)`` for a tiny test model). The steps themselves live
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..windows import head_ct_windows
 from .orientation import check_orientation
 
 # ImageNet channel statistics averaged over RGB: HLIP feeds one grey channel to MAE-initialised ViTs.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_PRESETS = Path(__file__).resolve().parent.parent / "data" / "window_presets.json"
-
-
-def head_ct_windows() -> dict[str, dict[str, float]]:
-    """The default blood / brain / bone windows (width, level in HU) from window_presets.json."""
-    table = json.loads(_PRESETS.read_text())["head_ct_model_windows"]
-    return {k: {"width": float(v["width"]), "level": float(v["level"])} for k, v in table.items()
-            if not k.startswith("_")}
-
 
 @dataclass(frozen=True)
 class Recipe:

@@ -65,6 +65,19 @@ class VoxelView:
     def shape(self, source_shape) -> tuple[int, int, int]:
         return tuple(int(source_shape[a]) for a in self.axes)
 
+    def index_affine(self, source_shape) -> np.ndarray:
+        """4x4 from an index of the view to the index of the same voxel in the source array.
+
+        ``source_affine @ view.index_affine(shape)`` places the view's voxels where the source's are
+        (how the viewer hands napari a reoriented scan).
+        """
+        m = np.zeros((4, 4))
+        m[3, 3] = 1.0
+        for k, a in enumerate(self.axes):
+            m[a, k] = -1.0 if self.flips[k] else 1.0
+            m[a, 3] = int(source_shape[a]) - 1 if self.flips[k] else 0.0
+        return m
+
 
 def reorient_view(direction: np.ndarray, target: str) -> VoxelView:
     """The permutation + flips that ``DICOMOrientImageFilter(target)`` applies, as a numpy view.

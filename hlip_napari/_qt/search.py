@@ -46,37 +46,22 @@ def _date(text: str) -> str:
 
 def search_job(settings, index_path: str, query, k: int):
     """Worker: encode the query (text, or a Study for "more like this"), look it up, return ranked rows."""
+    from hlip_engine import search as retrieval
+
     yield "loading the model" if MODELS.peek(settings) is None else "model ready"
     model = MODELS.get(settings)
     yield "opening the index" if INDEXES.peek(index_path) is None else "index ready"
-    index = INDEXES.get(index_path)
+    index = INDEXES.get(index_path, model)
     yield "searching"
-    import torch
-
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        if isinstance(query, str):
-            if not query.strip():
-                raise ValueError("type what to look for, e.g. 'left frontal mass with surrounding oedema'")
-            # one short text gains nothing from more threads, and on a busy CPU OpenMP's spinning
-            # threads turn 20 ms into a second: encode it on one
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                vec = model.encode_query([query.strip()])
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            vec = model.encode_study(query)[None]
-    vec = vec.float().cpu().numpy()
-    exclude = []
-    if not isinstance(query, str):  # "more like this" never returns the study itself
-        found = index.find(study_uid=query.uid) if query.uid else None
-        exclude = [found] if found is not None else []
-    scores, ids = index.search(vec, k, exclude=exclude)
-    keep = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if int(i) >= 0]
-    rows = index.metadata([i for _s, i in keep]) if keep else []
-    return {"scores": [s for s, _i in keep], "rows": list(rows), "seconds": time.perf_counter() - t0,
+    if isinstance(query, str):
+        vec, exclude = retrieval.text_vector(model, query), []
+    else:  # "more like this" never returns the study itself
+        vec = retrieval.study_vector(index, model, query)
+        row = retrieval.stored_row(index, query)
+        exclude = [row] if row is not None else []
+    hits = retrieval.search(index, vec, k, exclude=exclude)
+    return {"scores": [h.score for h in hits], "rows": [h.meta for h in hits], "seconds": time.perf_counter() - t0,
             "size": len(index)}
 
 

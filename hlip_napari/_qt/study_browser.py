@@ -29,8 +29,10 @@ from .._layers import (
     PLANES,
     SCAN_KEY,
     STUDY_KEY,
+    WINDOW_KEY,
     add_studies,
     auto_limits,
+    contrast_text,
     open_study,
     scan_layers,
     show_plane,
@@ -256,9 +258,10 @@ class StudyBrowser(QWidget):
 
     def _show_window_of(self, layer) -> None:
         """Let the window box name the active scan's window (CT preset or MR auto)."""
-        contrast = (getattr(layer, "metadata", None) or {}).get("contrast", "")
-        name = contrast[3:] if contrast.startswith("CT ") else contrast
-        i = self.window.findData(MR_AUTO if contrast.startswith("auto") else name)
+        metadata = getattr(layer, "metadata", None) or {}
+        if WINDOW_KEY not in metadata:
+            return
+        i = self.window.findData(metadata[WINDOW_KEY] or MR_AUTO)
         if i >= 0:
             self.window.setCurrentIndex(i)
 
@@ -321,4 +324,5 @@ class StudyBrowser(QWidget):
             layer.contrast_limits_range = (min(layer.contrast_limits_range[0], limits[0]),
                                            max(layer.contrast_limits_range[1], limits[1]))
             layer.contrast_limits = limits
-            layer.metadata["contrast"] = "auto (0.5-99.5 %)" if name == MR_AUTO else f"CT {name}"
+            layer.metadata[WINDOW_KEY] = None if name == MR_AUTO else name
+            layer.metadata["contrast"] = contrast_text(layer.metadata[WINDOW_KEY])

@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from hlip_engine.zeroshot import prompt_set_names, resolve_prompt_set
+
 from .._layers import open_study_or_warn
 from .._session import MODELS
 from .jobs import Job
@@ -33,31 +35,9 @@ FREE_EXAMPLE = "Normal: No significant abnormalities\nStroke: Acute stroke\nGlio
 FREE_TEMPLATES = "This MRI study shows: {}."
 
 
-def prompt_sets() -> dict:
-    """The paper's prompt sets (the engine's JSON), read without importing torch into the GUI thread."""
-    import json
-    from importlib import resources
-
-    text = resources.files("hlip_engine").joinpath("data/prompt_sets.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
-
-
-def resolve_set(name: str) -> dict:
-    """A set with ``same_as``/``drop_classes`` applied (as ``hlip_engine.zeroshot.resolve_prompt_set``)."""
-    spec = dict(prompt_sets()[name])
-    if "same_as" in spec:
-        base = resolve_set(spec.pop("same_as"))
-        drop = set(spec.pop("drop_classes", []))
-        for key in ("classes", "binary_prompts", "organ_of_class"):
-            if key in base:
-                base[key] = {c: v for c, v in base[key].items() if c not in drop}
-        spec = {**base, **spec}
-    return spec
-
-
 def set_to_text(name: str) -> tuple[str, str, str]:
     """A paper prompt set as editor text: (mode, prompt lines, template lines)."""
-    spec = resolve_set(name)
+    spec = resolve_prompt_set(name)
     templates = spec.get("templates") or []
     if isinstance(templates, dict):  # CT-RATE: per-organ templates; the editor shows the whole-volume ones
         templates = templates.get("volume") or next(iter(templates.values()))
@@ -139,7 +119,7 @@ class ZeroShotWidget(QWidget):
 
         self.prompt_set = QComboBox()
         self.prompt_set.addItem(FREE)
-        self.prompt_set.addItems(list(prompt_sets()))
+        self.prompt_set.addItems(prompt_set_names())
         self.prompt_set.setToolTip("Prompt sets of the HLIP paper fill the editors below; edit them freely")
         self.prompt_set.currentTextChanged.connect(self.use_prompt_set)
         self.mode = QComboBox()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hlip_engine.index import IndexFormatError, StudyIndex
+from hlip_engine.index import IndexBuild, IndexFormatError, StudyIndex
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,17 +25,16 @@ def metas(n: int, start: int = 0) -> list[dict]:
 
 
 def built(folder: Path, n: int = 50, model: str = "model-a") -> StudyIndex:
-    index = StudyIndex.create(folder, 16, model, model_hash=model * 4)
-    index.add(vectors(n), metas(n))
-    index.commit()
-    return index
+    with IndexBuild.create(folder, 16, model, model_hash=model * 4) as build:
+        build.add(vectors(n), metas(n))
+        return build.commit()  # the published index, read-only; the build lock is released
 
 
 def test_readers_keep_their_version_while_a_new_one_is_published(tmp_path):
     ix = tmp_path / "ix"
-    built(ix, 50).close_writer()
+    built(ix, 50)
     old = StudyIndex.open(ix)
-    writer = StudyIndex.create(ix, 16, "model-a", model_hash="model-a" * 4, resume=True)
+    writer = IndexBuild.create(ix, 16, "model-a", model_hash="model-a" * 4, resume=True)
     assert len(writer) == 50  # the build store kept the finished studies
     writer.add(vectors(10, seed=1), metas(10, 50))
     writer.commit()
@@ -43,18 +42,19 @@ def test_readers_keep_their_version_while_a_new_one_is_published(tmp_path):
     assert (len(old), len(new)) == (50, 60) and old.version != new.version
     assert old.search(vectors(1), 3)[1].shape == (1, 3)  # the old reader still works
     writer.add(vectors(5, seed=2), metas(5, 60))
-    writer.commit()
-    assert sorted(p.name for p in (ix / "versions").iterdir()) == sorted([new.version.name, writer.version.name])
+    newest = writer.commit()
+    assert isinstance(newest, StudyIndex) and len(newest) == 65 and newest.search(vectors(1), 3)[1].shape == (1, 3)
+    assert sorted(p.name for p in (ix / "versions").iterdir()) == sorted([new.version.name, newest.version.name])
 
 
 def test_kill_9_inside_commit_leaves_the_published_index_untouched(tmp_path):
     ix = tmp_path / "ix"
-    built(ix, 30).close_writer()
+    built(ix, 30)
     before = StudyIndex.open(ix)
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from hlip_engine.index import StudyIndex
-        ix = StudyIndex.create({str(ix)!r}, 16, "model-a", model_hash="model-a" * 4, resume=True)
+        from hlip_engine.index import IndexBuild
+        ix = IndexBuild.create({str(ix)!r}, 16, "model-a", model_hash="model-a" * 4, resume=True)
         ix.add(np.random.default_rng(5).standard_normal((20, 16)).astype("f4"),
                [{{"key": f"new{{i}}", "path": f"/lib/new{{i}}"}} for i in range(20)])
         def log(msg):
@@ -69,7 +69,7 @@ def test_kill_9_inside_commit_leaves_the_published_index_untouched(tmp_path):
     after = StudyIndex.open(ix, verify=True)
     assert after.version == before.version and len(after) == 30
     # the 20 studies added before the kill are durable: a resumed build publishes them, and cleans up
-    writer = StudyIndex.create(ix, 16, "model-a", model_hash="model-a" * 4, resume=True)
+    writer = IndexBuild.create(ix, 16, "model-a", model_hash="model-a" * 4, resume=True)
     assert len(writer) == 50 and "new19" in writer.done_keys()
     writer.commit()
     assert len(StudyIndex.open(ix)) == 50
@@ -112,17 +112,17 @@ def test_corrupted_or_half_copied_indexes_are_named(tmp_path):
 
 def test_another_model_is_refused_unless_rebuilding(tmp_path):
     ix = tmp_path / "ix"
-    built(ix).close_writer()
+    built(ix)
     with pytest.raises(IndexFormatError, match="model 'model-a'.*Pass --rebuild"):
-        StudyIndex.create(ix, 16, "model-b", model_hash="model-b" * 4, resume=True)
+        IndexBuild.create(ix, 16, "model-b", model_hash="model-b" * 4, resume=True)
     with pytest.raises(IndexFormatError, match="embedding size 16 vs 32"):
-        StudyIndex.create(ix, 32, "model-a", model_hash="model-a" * 4, resume=True)
+        IndexBuild.create(ix, 32, "model-a", model_hash="model-a" * 4, resume=True)
     with pytest.raises(ValueError, match="already holds 50 studies; pass --resume"):
-        StudyIndex.create(ix, 16, "model-a", model_hash="model-a" * 4)
+        IndexBuild.create(ix, 16, "model-a", model_hash="model-a" * 4)
     with pytest.raises(IndexFormatError, match="not model 'model-b'|model weights differ"):
         StudyIndex.open(ix, expect_model={"model_id": "model-b", "model_hash": "model-b" * 4})
 
-    writer = StudyIndex.create(ix, 16, "model-b", model_hash="model-b" * 4, rebuild=True)
+    writer = IndexBuild.create(ix, 16, "model-b", model_hash="model-b" * 4, rebuild=True)
     assert len(writer) == 0
     assert StudyIndex.open(ix).identity["model_id"] == "model-a"  # still searchable until the new commit
     writer.add(vectors(7, seed=3), metas(7))
@@ -133,20 +133,20 @@ def test_another_model_is_refused_unless_rebuilding(tmp_path):
 
 def test_build_store_survives_leftovers_and_refuses_a_second_writer(tmp_path):
     ix = tmp_path / "ix"
-    writer = StudyIndex.create(ix, 16, "model-a")
+    writer = IndexBuild.create(ix, 16, "model-a")
     writer.add(vectors(5), metas(5))
     with pytest.raises(ValueError, match="another index build is writing"):
-        StudyIndex.create(ix, 16, "model-a", resume=True)
+        IndexBuild.create(ix, 16, "model-a", resume=True)
     with pytest.raises(ValueError, match="another index build is writing"):
-        StudyIndex.create(ix, 16, "model-a", rebuild=True)  # never deletes a running build's store
+        IndexBuild.create(ix, 16, "model-a", rebuild=True)  # never deletes a running build's store
     assert len(writer) == 5
-    writer.close_writer()
+    writer.close()
     # what a kill between writing a chunk file and recording it leaves behind
     orphan = ix / "build" / "chunks" / "chunk-deadbeefdeadbeef.f16"
     orphan.write_bytes(b"\0" * 64)
     with pytest.raises(IndexFormatError, match="not finished yet"):
         StudyIndex.open(ix)
-    writer = StudyIndex.create(ix, 16, "model-a", resume=True)
+    writer = IndexBuild.create(ix, 16, "model-a", resume=True)
     assert not orphan.exists() and len(writer) == 5
     writer.add(vectors(3, seed=9), metas(3, 5))
     writer.commit()

@@ -6,7 +6,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from hlip_engine.index import IndexFormatError, StudyIndex
+from hlip_engine.index import IndexBuild, IndexFormatError, StudyIndex
 from hlip_engine.index.faiss_index import plan_for
 from hlip_engine.study import PatientInfo
 
@@ -37,10 +37,10 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray | None
 
 def test_flat_search_is_exact_and_metadata_follows_ids(tmp_path):
     x = clustered(300, 32, 10, seed=0)
-    index = StudyIndex.create(tmp_path / "ix", 32, "tiny-model", recipe="brain-mri")
+    index = IndexBuild.create(tmp_path / "ix", 32, "tiny-model", recipe="brain-mri")
     ids = np.concatenate([index.add(x[:100], metas(100)), index.add(x[100:], metas(200, 100))])
     assert list(ids) == list(range(300)) and len(index) == 300
-    info = index.commit()
+    info = index.commit().info
     assert info["index"]["type"] == "flat" and info["count"] == 300
 
     reader = StudyIndex.open(tmp_path / "ix")
@@ -73,9 +73,9 @@ def test_flat_search_is_exact_and_metadata_follows_ids(tmp_path):
 def test_ivf_index_reaches_recall_on_clustered_vectors(tmp_path):
     n, dim = 6000, 48
     x = clustered(n, dim, 60, seed=2)
-    index = StudyIndex.create(tmp_path / "ix", dim, "m")
+    index = IndexBuild.create(tmp_path / "ix", dim, "m")
     index.add(x, metas(n))
-    info = index.commit(index_type="ivf")
+    info = index.commit(index_type="ivf").info
     plan = info["index"]
     assert plan["type"] == "ivf_sq8" and 16 <= plan["nlist"] <= n // 32
     assert 1 <= plan["nprobe"] <= plan["nlist"] and plan["tuned_recall_at_10"] >= 0.97
@@ -102,7 +102,7 @@ def test_filters_by_modality_and_date(tmp_path, index_type):
     n, dim = 3000, 24
     x = clustered(n, dim, 30, seed=4)
     m = metas(n)
-    index = StudyIndex.create(tmp_path / "ix", dim, "m")
+    index = IndexBuild.create(tmp_path / "ix", dim, "m")
     index.add(x, m)
     index.commit(index_type=index_type)
     reader = StudyIndex.open(tmp_path / "ix")
@@ -139,7 +139,7 @@ def test_patient_identifiers_are_dropped_unless_kept(tmp_path):
              "PatientID": "MRN12345", "protocol": "stroke"} for d in metas(4)]
     for keep in (False, True):
         folder = tmp_path / f"keep{keep}"
-        index = StudyIndex.create(folder, 16, "m", keep_identifiers=keep)
+        index = IndexBuild.create(folder, 16, "m", keep_identifiers=keep)
         index.add(x, rows)
         index.commit()
         stored = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
@@ -150,7 +150,7 @@ def test_patient_identifiers_are_dropped_unless_kept(tmp_path):
 
 
 def test_bad_input_is_refused_with_a_clear_message(tmp_path):
-    index = StudyIndex.create(tmp_path / "ix", 8, "m")
+    index = IndexBuild.create(tmp_path / "ix", 8, "m")
     with pytest.raises(ValueError, match=r"shaped \[n, 8\]"):
         index.add(np.ones((2, 9), np.float32), metas(2))
     with pytest.raises(ValueError, match="NaN"):
@@ -162,9 +162,9 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path):
     index.add(np.eye(8, dtype=np.float32)[:2], metas(2))
     with pytest.raises(ValueError, match="already in this index"):
         index.add(np.eye(8, dtype=np.float32)[2:3], metas(1))
-    with pytest.raises(ValueError, match="commit"):
-        index.search(np.ones(8), 3)
-    index.commit()
+    assert not hasattr(index, "search") and not hasattr(index, "metadata")  # a build never reads
+    build, index = index, index.commit()
+    assert not hasattr(index, "add") and len(build) == 2  # the published index never writes
     with pytest.raises(ValueError, match=r"shaped \[n, 8\]"):
         index.search(np.ones(5), 3)
     with pytest.raises(ValueError, match="all-zero"):

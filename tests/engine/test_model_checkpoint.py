@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from hlip_engine.model import create_model, get_config, load_model
-from hlip_engine.model.checkpoint import infer_arch, to_hlip_keys
+from hlip_engine.model.checkpoint import to_hlip_keys
 from hlip_engine.model.clip import HLIPModel
+from hlip_engine.model.factory import infer_arch
 from hlip_engine.model.text import TextTower, minilm_folder
 
 torch.set_num_threads(2)

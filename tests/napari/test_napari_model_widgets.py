@@ -154,10 +154,10 @@ def test_relevance_widget_overlays_each_scan_and_jumps_to_the_peak(tiny_checkpoi
 
 # --- search ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, tiny_model):
+def library(tmp_path_factory, tiny_model, tiny_checkpoint):
     """Two real studies on disk, and a 40-study index whose row 2 is the search vector of QUERY."""
     from hlip_engine import load_study
-    from hlip_engine.index import StudyIndex
+    from hlip_engine.index import IndexBuild
 
     root = tmp_path_factory.mktemp("library")
     ct_folder, _m, _a = write_two_plane_study(root / "ct_head")
@@ -181,7 +181,11 @@ def library(tmp_path_factory, tiny_model):
                      description="target: left frontal glioma", n_scans=3, recipe="brain-mri"))
     meta += [dict(key=f"r{i}", path=f"/nowhere/{i}", study_uid=f"8.{i}", date="20200101", modality="CT",
                   description=f"random {i}", n_scans=1, recipe="brain-mri") for i in range(37)]
-    index = StudyIndex.create(root / "index", tiny_model.embed_dim, "hlip_tiny-test")
+    from hlip_engine.model.checkpoint import model_fingerprint
+
+    # the identity `hlip index build` records: the GUI checks it against the chosen model
+    index = IndexBuild.create(root / "index", tiny_model.embed_dim, tiny_checkpoint.name,
+                              model_hash=model_fingerprint(tiny_checkpoint))
     index.add(vectors, meta)
     index.commit()
     return root / "index", studies
@@ -217,12 +221,13 @@ def test_search_widget_ranks_opens_and_finds_similar(library, tiny_checkpoint, m
     qtbot.waitUntil(lambda: len(sw.rows) > 0, timeout=60_000)
     assert studies[1].uid not in [r["study_uid"] for r in sw.rows]
     assert sw.scores == sorted(sw.scores, reverse=True)
+    qtbot.waitUntil(lambda: not sw.job.running, timeout=10_000)  # its buttons reset before the viewer closes
 
 
 @pytest.fixture(scope="module")
-def big_index(tmp_path_factory, tiny_model):
+def big_index(tmp_path_factory, tiny_model, tiny_checkpoint):
     """100,000 clustered 512-d study embeddings (as real ones cluster); row 54,321 is QUERY's search vector."""
-    from hlip_engine.index import StudyIndex
+    from hlip_engine.index import IndexBuild
 
     n, dim = 100_000, tiny_model.embed_dim
     rng = np.random.default_rng(1)
@@ -233,7 +238,9 @@ def big_index(tmp_path_factory, tiny_model):
     meta = [dict(key=f"k{i}", path=f"/archive/{i}", study_uid=f"1.{i}", date="20240101", modality="MR",
                  description=f"study {i}", n_scans=4, recipe="brain-mri") for i in range(n)]
     path = tmp_path_factory.mktemp("big") / "index"
-    index = StudyIndex.create(path, dim, "hlip_tiny-test")
+    from hlip_engine.model.checkpoint import model_fingerprint
+
+    index = IndexBuild.create(path, dim, tiny_checkpoint.name, model_hash=model_fingerprint(tiny_checkpoint))
     index.add(vectors, meta)
     index.commit()
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from napari_helpers import write_two_plane_study
 
-from hlip_napari._layers import orientation_of, window_limits
+from hlip_napari._layers import layer_view, window_limits
 from hlip_napari._reader import get_reader
 
 
@@ -54,7 +54,7 @@ def test_two_orientation_study_lands_in_the_same_place(tmp_path, make_napari_vie
     assert [layer.visible for layer in layers] == [True, False]  # one scan at a time: they overlap
 
 
-def test_orientation_of_oblique_scan_keeps_exact_world_positions():
+def test_layer_view_of_oblique_scan_keeps_exact_world_positions():
     """A 20-degree oblique scan: the reoriented layer maps every voxel where the scan's affine does."""
     from hlip_engine.study import Scan
 
@@ -64,13 +64,13 @@ def test_orientation_of_oblique_scan_keeps_exact_world_positions():
     affine[:3, :3] = rot @ np.diag([0.9, 1.1, 4.0])
     affine[:3, 3] = (5, -7, 30)
     scan = Scan(voxels=np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7), affine=affine)
-    o = orientation_of(scan)
-    data = o.apply(scan.voxels)
+    view, affine = layer_view(scan)  # the engine's reorient_view + the affine that goes with it
+    data = view.apply(scan.voxels)
     rng = np.random.default_rng(0)
     for _ in range(20):
         idx = tuple(int(rng.integers(0, n)) for n in data.shape)
         src = np.argwhere(scan.voxels == data[idx])[0]
-        np.testing.assert_allclose((o.affine @ np.array([*idx, 1.0]))[:3], scan.world(src)[::-1], atol=1e-9)
+        np.testing.assert_allclose((affine @ np.array([*idx, 1.0]))[:3], scan.world(src)[::-1], atol=1e-9)
 
 
 def test_nifti_file_opens_as_one_scan(tmp_path):
@@ -108,3 +108,25 @@ def test_hlip_tensor_folder_opens_one_layer_per_scan(tmp_path):
         assert len(layers) == 2
         assert {tuple(d.shape) for d, _k, _t in layers} == {(12, 20, 16)}
         assert all(k["metadata"]["contrast"].startswith("auto") for _d, k, _t in layers)
+
+
+def test_layer_view_aligns_every_orthogonal_orientation_with_the_world_axes():
+    """All 48 axis permutations x flips: the layer's voxels run along (S, P, L), each voxel where it was."""
+    import itertools
+
+    from hlip_engine.study import Scan
+
+    vox = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            affine = np.eye(4)
+            affine[:3, :3] = np.eye(3)[:, perm] * np.array(signs) * np.array([0.5, 0.7, 2.0])
+            affine[:3, 3] = (1.0, -2.0, 3.0)
+            scan = Scan(voxels=vox, affine=affine)
+            view, layer_affine = layer_view(scan)
+            lin = layer_affine[:3, :3]
+            assert np.allclose(lin, np.diag(np.diag(lin))) and (np.diag(lin) > 0).all(), (perm, signs)
+            data = view.apply(vox)
+            for idx in [(0, 0, 0), tuple(n - 1 for n in data.shape), (1, 2, 0)]:
+                src = np.argwhere(vox == data[idx])[0]
+                np.testing.assert_allclose((layer_affine @ np.array([*idx, 1.0]))[:3], scan.world(src)[::-1])

@@ -1,0 +1,90 @@
+"""Imports inside hlip_engine run one way: no module imports (at top level or inside a function) a module
+that imports it back. The model is the example: factory -> clip -> vit/text, factory -> checkpoint, and
+neither clip.py nor checkpoint.py imports the factory."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import hlip_engine
+
+ROOT = Path(hlip_engine.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in ROOT.rglob("*.py"):
+        parts = p.relative_to(ROOT.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the hlip_engine modules it imports anywhere in its body (lazy imports included)."""
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+                targets = subs + ([target] if len(subs) < len(node.names) else [])
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+                on.discard(comp[-1])
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_inside_hlip_engine():
+    graph = _graph(_modules())
+    assert graph["hlip_engine.model.clip"] >= {"hlip_engine.model.checkpoint", "hlip_engine.model.vit"}  # the graph sees imports
+    assert _cycles(graph) == []
+
+
+def test_a_planted_cycle_is_found():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_model_modules_import_fresh_in_any_order():
+    """Each model module imported first, in a fresh interpreter, works and gives the public names."""
+    for first in ("hlip_engine.model.checkpoint", "hlip_engine.model.clip", "hlip_engine.model.factory"):
+        code = (f"import {first}; from hlip_engine.model import create_model, load_model, get_config, "
+                "infer_arch, HLIPModel; from hlip_engine import load_model as lm; assert lm is load_model")
+        subprocess.run([sys.executable, "-c", code], check=True)
