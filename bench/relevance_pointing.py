@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("demo-output/quality"))
     ap.add_argument("--method", default=None, help="relevance method (default: the model's own)")
     ap.add_argument("--json", type=Path, help="write the per-finding figures here")
+    ap.add_argument("--argmax", action="store_true",
+                    help="score the maximum voxel instead of the hot spot's centre of mass (Relevance.peak)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -71,7 +73,9 @@ def main(argv=None) -> int:
         for vol, k in zip(rel.volumes, rel.volume_scans):
             s, row, col = np.unravel_index(int(np.argmax(vol)), vol.shape)
             peaks.append(study.scans[k].world((s, row, col)))
-        top = rel.volume_scans.index(rel.peak()[0])  # the source scan the plugin jumps to
+        k_top, voxel = rel.peak(centre_of_mass=not args.argmax)  # where the plugin jumps
+        top = rel.volume_scans.index(k_top)
+        peaks[top] = study.scans[k_top].world(voxel)
         dist = [float(np.linalg.norm(p - centre)) for p in peaks]
         near = [float(np.linalg.norm(p - centre)) < float(np.linalg.norm(p - mirror)) for p in peaks]
         reach = lesion_radius(details) + 10.0
@@ -91,6 +95,7 @@ def main(argv=None) -> int:
         print("no focal lesions in this library")
         return 1
     figures = {"model": str(args.model), "seed": args.seed, "studies": args.studies, "method": rel.method,
+               "peak": "maximum voxel" if args.argmax else "centre of mass of the hot spot",
                "findings": {}}
     for name in sorted({x["finding"] for x in rows}) + ["all"]:
         sel = [x for x in rows if name in ("all", x["finding"])]

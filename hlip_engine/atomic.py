@@ -42,8 +42,9 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def _tmp_name(path: Path) -> Path:
-    # a hidden sibling: same file system (so os.replace is a rename), never mistaken for the real file
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # a hidden sibling: same file system (so os.replace is a rename); it keeps the name's suffixes, because
+    # writers such as nibabel pick the format by them (".nii.gz")
+    return path.with_name(f".tmp-{secrets.token_hex(4)}.{path.name}")
 
 
 def _fsync_file(path: Path) -> None:

@@ -114,16 +114,26 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     results["zeroshot"] = {"study": target["path"], "truth": _headline(target), "probabilities": probs}
 
     from ..relevance import relevance
-    from ..relevance.export import save_montage
+    from ..relevance.export import save_montage, save_peak_view
 
     prompt = FINDING_PROMPTS["tumour"][0]
     rel = relevance(model, prepared, FINDING_PROMPTS["tumour"], templates=TEMPLATES)
-    png = out / "relevance.png"
-    save_montage(rel, png)
-    top = int(np.argmax(rel.scan_importance))
-    print(f'\nRelevance of "{prompt}": most relevant scan {top} '
-          f"({study.scans[prepared.scan_indices[top]].description}); overlay written to {png}")
-    results["relevance"] = {"png": str(png), "scan_importance": [float(x) for x in rel.scan_importance]}
+    png, montage = out / "relevance.png", out / "relevance_montage.png"
+    details = target.get("details") or {}
+    truth = details.get("centre_lps")
+    radius = float(details["size_mm"]) / 2 if "size_mm" in details else None
+    save_peak_view(rel, study, png, truth_lps=truth, truth_radius_mm=radius,
+                   title=f'relevance of "{prompt}" ({rel.method}) on {_headline(target)}')
+    save_montage(rel, montage, labels=list(prepared.labels) or None)
+    k, voxel = rel.peak()
+    where = study.scans[k].world(voxel)
+    miss = float(np.linalg.norm(where - np.asarray(truth))) if truth is not None else None
+    print(f'\nRelevance of "{prompt}" ({rel.method}): most relevant scan {k} ({study.scans[k].description}), '
+          f"peak at slice {voxel[0] + 1}" + (f", {miss:.0f} mm from the lesion centre" if miss is not None else "")
+          + f"; written to {png} and {montage}")
+    results["relevance"] = {"png": str(png), "montage": str(montage), "method": rel.method,
+                            "scan_importance": [float(x) for x in rel.scan_importance],
+                            "peak_scan": k, "peak_voxel": list(voxel), "peak_to_lesion_mm": miss}
 
     if evaluate:
         with torch.no_grad():

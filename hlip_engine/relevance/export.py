@@ -13,11 +13,11 @@ not use, not an artefact of per-image stretching.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .maps import Relevance
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -30,13 +30,8 @@ def _safe_name(text: str) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp{os.getpid()}.{path.name}")  # keeps the suffix: writers pick the format by it
-    try:
+    with atomic_write(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_nifti(volume: np.ndarray, scan, path: str | Path) -> Path:
@@ -94,8 +89,69 @@ def save_montage(rel: Relevance, path: str | Path, *, threshold: float = 0.25, s
     return path
 
 
+def save_peak_view(rel: Relevance, study, path: str | Path, *, threshold: float = 0.25,
+                   truth_lps=None, truth_radius_mm: float | None = None, title: str | None = None) -> Path:
+    """PNG of what a reader checks first: the most relevant scan at its peak, in its own plane.
+
+    Three panels through the peak voxel (the scan's own slice, and the two orthogonal reformats of the
+    scan), grey scan + relevance (normalised to the study maximum, shown >= ``threshold``) + a cross at the
+    peak. ``truth_lps`` / ``truth_radius_mm``: a known lesion (phantoms) drawn as a circle where it cuts
+    each panel, so the picture says whether the map lands on it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    found = rel.peak()
+    if found is None:
+        raise ValueError("this relevance has no maps on the scans' voxels (computed from a bare tensor)")
+    k, (s, r, c) = found
+    scan = study.scans[k]
+    vol = rel.display_volumes()[list(rel.volume_scans).index(k)]
+    img = scan.voxels.astype(np.float32)
+    lo, hi = (0.0, 80.0) if scan.modality == "CT" else np.percentile(img, [1, 99.5])  # CT: brain window
+    sp = scan.spacing  # (slice, row, column) mm
+    truth_idx = None
+    if truth_lps is not None:
+        col, row, sl = (np.linalg.inv(scan.affine) @ np.r_[np.asarray(truth_lps, float), 1.0])[:3]
+        truth_idx = np.array([sl, row, col])
+    # (image, overlay, peak (y, x), extent-aspect, the voxel axes shown (y, x), the axis cut, its index)
+    panels = [(img[s], vol[s], (r, c), sp[1] / sp[2], (1, 2), 0, s, f"slice {s + 1} of {img.shape[0]}"),
+              (img[:, r], vol[:, r], (s, c), sp[0] / sp[2], (0, 2), 1, r, f"row {r + 1} (reformat)"),
+              (img[:, :, c], vol[:, :, c], (s, r), sp[0] / sp[1], (0, 1), 2, c, f"column {c + 1} (reformat)")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (im, ov, (py, px), aspect, shown, cut, at, name) in zip(axes, panels):
+        ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        ax.imshow(np.ma.masked_less(ov, threshold), cmap="jet", vmin=0, vmax=1, alpha=0.45, aspect=aspect,
+                  interpolation="bilinear")
+        ax.plot(px, py, "+", color="white", markersize=16, markeredgewidth=2)
+        if truth_idx is not None and truth_radius_mm:
+            off = (truth_idx[cut] - at) * sp[cut]  # mm from this panel's plane to the lesion centre
+            if abs(off) < truth_radius_mm:
+                rr = float(np.sqrt(truth_radius_mm ** 2 - off ** 2))
+                ax.add_patch(Circle((truth_idx[shown[1]], truth_idx[shown[0]]), rr / sp[shown[1]],
+                                    fill=False, color="lime", linewidth=1.5, linestyle="--"))
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    order, totals = rel.source_importance()
+    share = float(totals[order.index(k)])
+    head = title or f"relevance of {rel.prompt!r} ({rel.method})"
+    note = "  dashed circle: the known lesion" if truth_idx is not None else ""
+    fig.suptitle(f"{head}\nmost relevant scan: {scan.description or f'scan {k}'} ({100 * share:.0f}% of the "
+                 f"relevance); +: peak{note}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
+    plt.close(fig)
+    return path
+
+
 def export(rel: Relevance, out_dir: str | Path, *, study=None, threshold: float = 0.25) -> list[Path]:
-    """Write ``relevance.json``, ``montage[_k].png`` and, with ``study``, one ``scanNN_<desc>.nii.gz`` per used scan."""
+    """Write ``relevance.json``, ``montage[_k].png`` and, with ``study``, one ``scanNN_<desc>.nii.gz`` per used
+    scan and ``peak.png`` (:func:`save_peak_view`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -120,6 +176,9 @@ def export(rel: Relevance, out_dir: str | Path, *, study=None, threshold: float 
             written.append(save_montage(rel, out / name, threshold=threshold, scans=page,
                                         labels=[labels[i] for i in page] if labels else None))
         summary["montage"] = [p.name for p in written if p.suffix == ".png"]
+    if study is not None and rel.volumes:
+        written.append(save_peak_view(rel, study, out / "peak.png", threshold=threshold))
+        summary["peak_view"] = "peak.png"
     js = out / "relevance.json"
     _atomic_write(js, lambda p: p.write_text(json.dumps(summary, indent=1)))
     written.append(js)

@@ -95,15 +95,29 @@ class Relevance:
         totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
         return order, totals
 
-    def peak(self) -> tuple[int, tuple[int, int, int]] | None:
-        """(source scan k, voxel (slice, row, column)) of the maximum of the most important source scan's
-        map: where the plugin jumps and what the pointing benchmarks score. None without volumes."""
+    def peak(self, centre_of_mass: bool = True) -> tuple[int, tuple[int, int, int]] | None:
+        """(source scan k, voxel (slice, row, column)) of the hot spot on the most important source scan:
+        where the plugin jumps and what the pointing benchmarks score. None without volumes.
+
+        The map has one value per token (16-40 mm), so its maximum always sits on a token centre. The hot
+        spot's position is read at finer than token resolution as its centre of mass: the voxels at or
+        above half the maximum that are connected to it, weighted by their relevance (``centre_of_mass=
+        False``: the maximum voxel itself).
+        """
         if not self.volumes:
             return None
         order, totals = self.source_importance()
         k = order[int(np.argmax(totals))]
         volume = self.volumes[list(self.volume_scans).index(k)]
-        return k, tuple(int(v) for v in np.unravel_index(int(np.argmax(volume)), volume.shape))
+        top = np.unravel_index(int(np.argmax(volume)), volume.shape)
+        if not centre_of_mass or float(volume[top]) <= 0:
+            return k, tuple(int(v) for v in top)
+        from scipy import ndimage
+
+        labels, _ = ndimage.label(volume >= 0.5 * float(volume[top]))
+        spot = labels == labels[top]
+        centre = ndimage.center_of_mass(np.where(spot, volume, 0.0))
+        return k, tuple(int(round(v)) for v in centre)
 
     def display_volumes(self) -> list[np.ndarray]:
         """``volumes`` divided by the study's maximum (0..1), so one threshold means the same on every scan."""
