@@ -206,10 +206,5 @@ class RelevanceWidget(QWidget):
         plane = scan.orientation if scan.orientation != "oblique" else "axial"
         go_to(self.viewer, world, plane)
         name = scan_name(scan, k)
-        self.status.setText(f"Most relevant: {name}, slice {self._slice_number(k, world)} ({plane}).")
-
-    def _slice_number(self, k: int, world) -> int:
-        scan = self.study.scans[k]
-        lps = np.append(np.asarray(world, dtype=float)[::-1], 1.0)
-        c, r, s, _ = np.linalg.solve(scan.affine, lps)
-        return int(round(s)) + 1
+        slice_number = self.result.peak()[1][0] + 1  # the scan's own slice holding the peak, counted from 1
+        self.status.setText(f"Most relevant: {name}, slice {slice_number} of {scan.shape[0]} ({plane}).")
