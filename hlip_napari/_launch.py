@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PLUGIN = "hlip-napari"
-WIDGETS = ("Study browser", "Search studies", "Zero-shot prompts", "Relevance map")
+WIDGETS = ("Study browser", "Search studies", "Zero-shot prompts", "Relevance map", "PACS")
 
 
 def dock_widgets(viewer, names=WIDGETS) -> dict:

@@ -1,0 +1,91 @@
+"""The napari PACS widget against the real Orthanc: search with filters, retrieve with progress, cancel, open."""
+from __future__ import annotations
+
+import numpy as np
+from pacs_server import CT_STUDY_UID, dicom_files
+
+from hlip_engine.io import load_study
+from hlip_engine.pacs import StudyCache
+
+
+def _widgets(make_napari_viewer):
+    from hlip_napari._launch import dock_widgets
+
+    viewer = make_napari_viewer(show=True)
+    widgets = dock_widgets(viewer, ("Study browser", "PACS"))
+    return viewer, widgets["PACS"], widgets["Study browser"]
+
+
+def test_find_retrieve_and_open_in_the_study_browser(orthanc, library, make_napari_viewer, qtbot, tmp_path):
+    from hlip_napari._layers import scan_layers
+
+    viewer, pacs, browser = _widgets(make_napari_viewer)
+    pacs.node.setCurrentText(orthanc.dimse_url)
+    pacs.echo()
+    qtbot.waitUntil(lambda: "answers" in pacs.status.text(), timeout=30_000)
+
+    a = library["phantoms"][0]
+    pacs.description.setText(a["description"])
+    pacs.date_from.setText(f"{a['date'][:4]}-{a['date'][4:6]}-{a['date'][6:]}")
+    pacs.search()
+    qtbot.waitUntil(lambda: bool(pacs.rows) and pacs.table.rowCount() == len(pacs.rows), timeout=30_000)
+    assert a["uid"] in [r["study_uid"] for r in pacs.rows]
+    assert pacs.table.horizontalHeaderItem(0).text() == "Date"  # no patient columns unless asked
+    row = [r["study_uid"] for r in pacs.rows].index(a["uid"])
+
+    seen = []
+    worker = pacs.retrieve(row)
+    worker.yielded.connect(lambda msg: seen.append(dict(getattr(msg, "event", {}))))
+    qtbot.waitUntil(lambda: browser.study is not None and browser.study.uid == a["uid"], timeout=60_000)
+    n = len(dicom_files(a["path"]))
+    assert pacs.series_progress.value() == pacs.series_progress.maximum() == n
+    assert seen and seen[-1]["done"] == n and max(e.get("series_index", 0) for e in seen) == len(a["series"]) - 1
+    assert pacs.opened_path == str(StudyCache().study_dir(a["uid"]))
+    local = load_study(a["path"])
+    layers = scan_layers(viewer)
+    assert len(layers) == len(local.scans) == len(browser.study.scans)
+    by_uid = {s.series_uid: s for s in browser.study.scans}
+    for scan in local.scans:
+        np.testing.assert_array_equal(by_uid[scan.series_uid].voxels, scan.voxels)
+        np.testing.assert_allclose(by_uid[scan.series_uid].affine, scan.affine, atol=1e-6)
+
+    # patient columns on request
+    pacs.show_patient.setChecked(True)
+    pacs.patient_id.setText("CT300")
+    pacs.description.setText("")
+    pacs.date_from.setText("")
+    pacs.rows = []
+    pacs.search()
+    qtbot.waitUntil(lambda: bool(pacs.rows), timeout=30_000)
+    assert pacs.table.horizontalHeaderItem(0).text() == "Patient ID" and pacs.table.item(0, 0).text() == "CT300"
+
+
+def test_cancel_keeps_nothing_half_retrieved(orthanc, make_napari_viewer, qtbot):
+    viewer, pacs, browser = _widgets(make_napari_viewer)
+    pacs.node.setCurrentText(orthanc.dicomweb_url)
+    pacs.patient_id.setText("CT300")
+    pacs.search()
+    qtbot.waitUntil(lambda: bool(pacs.rows), timeout=30_000)
+    assert pacs.rows[0]["study_uid"] == CT_STUDY_UID
+    # a thumbnail rendered by the server (WADO-RS /rendered) in the Date cell
+    qtbot.waitUntil(lambda: CT_STUDY_UID in pacs.thumbnails, timeout=30_000)
+    from qtpy.QtGui import QImage
+
+    img = QImage.fromData(pacs.thumbnails[CT_STUDY_UID], "PNG")
+    assert not img.isNull() and max(img.width(), img.height()) <= 48
+    assert not pacs.table.item(0, 0).icon().isNull()
+
+    pacs.retrieve(0)
+    pacs.cancel_button.click()  # at once: the engine stops before the next image (see the engine tests)
+    qtbot.waitUntil(lambda: "cancelled" in pacs.status.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: pacs.retrieve_button.isEnabled(), timeout=10_000)
+    cache = StudyCache()
+    assert not cache.complete(CT_STUDY_UID)
+    folder = cache.study_dir(CT_STUDY_UID)
+    assert not folder.exists() or not any(folder.iterdir())
+    assert browser.study is None
+
+    # a second retrieve completes and opens
+    pacs.retrieve(0)
+    qtbot.waitUntil(lambda: browser.study is not None, timeout=60_000)
+    assert browser.study.uid == CT_STUDY_UID and browser.study.scans[0].shape == (300, 256, 256)
