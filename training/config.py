@@ -73,6 +73,9 @@ class TrainConfig:
     lesion_guidance: float = opt(0.0, "weight of the lesion-guidance term (training/lesions.py): -log of the "
                                       "share of the study-level CLS attention on known lesion tokens; needs a "
                                       "cache made with training.prepare --lesions; 0 = off (plain CLIP)")
+    lesion_guidance_levels: list[str] = opt(None, "block levels whose CLS attention the guidance term reads "
+                                                  "(default: study; add scan for each scan's CLS copy)", nargs="+",
+                                            choices=["study", "scan"])
     text_target_tau: float = opt(0.0, "CLIP: soft targets softmax(cos(report_i, report_j) / tau) so repeated "
                                       "reports are not negatives of each other (0 = one-hot, plain CLIP)")
     max_logit_scale: float = opt(100.0, "clamp exp(logit_scale) to this temperature")

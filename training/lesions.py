@@ -8,8 +8,9 @@ phantom generator records each lesion's centre and size), this adds one auxiliar
 
     guidance = -log( share of the CLS token's attention, over image tokens, that falls on lesion tokens )
 
-averaged over heads, over the blocks at study level (where the one CLS sees every scan) and over the
-studies of the batch that have a focal lesion; studies without one (normal, diffuse findings) add nothing.
+averaged over heads, over the blocks at study level (where the one CLS sees every scan; with
+``--lesion-guidance-levels study scan`` also each scan's own CLS copy at scan level) and over the units of
+the batch that hold a focal lesion; studies without one (normal, diffuse findings) add nothing.
 The model stays a CLIP model (the embeddings and the contrastive loss are unchanged); the term only says
 where the evidence lies. The README states which shipped model used it, and on which data.
 
@@ -90,13 +91,14 @@ def token_mask(entries: list[dict], grid: tuple[int, int, int], patch: tuple[int
 
 
 class StudyAttentionTap:
-    """While active, records (in the graph) the CLS attention of every study-level block of ``visual``:
-    ``rows`` = list of [B, heads, P + L] (L = the image tokens each study kept), one per such block."""
+    """While active, records (in the graph) the CLS attention of every block at one of ``levels``:
+    ``rows`` = one [U, heads, P + L_u] per such block (U units: the studies of the batch at study level,
+    their scans at scan level, each CLS copy attending over its own unit's kept tokens)."""
 
-    def __init__(self, visual):
+    def __init__(self, visual, levels=("study",)):
         self.visual = visual
-        self.blocks = [i for i, lvl in enumerate(visual.cfg.blocks) if lvl == "study"]
-        if not self.blocks:
+        self.blocks = [i for i, lvl in enumerate(visual.cfg.blocks) if lvl in levels]
+        if "study" not in visual.cfg.blocks:
             raise ValueError("lesion guidance needs a study-level block (where one CLS sees every scan); "
                              f"this model's blocks are {visual.cfg.blocks}")
         self.rows: list = []
@@ -137,19 +139,25 @@ def kept_masks(masks, visual):
 
 
 def guidance_loss(attention: list, masks, has_lesion) -> object:
-    """The auxiliary term. attention: per guided block, [B, heads, L] the CLS attention over the image
-    tokens each study kept (study order, after patch dropout); masks: [B, L] bool, the same tokens;
-    has_lesion: [B] bool. Returns a scalar tensor (0 when no study of the batch has a lesion)."""
+    """The auxiliary term. attention: per guided block, [U, heads, L_u] the CLS attention over the image
+    tokens each unit kept (study order, after patch dropout); masks: [B, L] bool, every kept token of
+    each study; has_lesion: [B] bool. Returns a scalar tensor (0 when no unit of the batch has a lesion)."""
     import torch
 
-    has_lesion = has_lesion & masks.any(dim=1)  # patch dropout may have dropped every lesion token
-    if not bool(has_lesion.any()):
-        return attention[0].sum() * 0.0
+    b = masks.shape[0]
     terms = []
     for a in attention:
-        a = a.float().mean(dim=1)  # [B, L] mean over heads
-        share = (a * masks).sum(dim=1) / a.sum(dim=1).clamp_min(1e-12)
-        terms.append(-torch.log(share.clamp_min(1e-6))[has_lesion].mean())
+        u = a.shape[0]  # units of this block: the studies, or their scans (consecutive tokens, study order)
+        m = masks.reshape(u, -1)
+        # units without a lesion token (none known, or patch dropout dropped them all) add nothing
+        has = has_lesion.repeat_interleave(u // b) & m.any(dim=1)
+        if not bool(has.any()):
+            continue
+        a = a.float().mean(dim=1)  # [U, L_u] mean over heads
+        share = (a * m).sum(dim=1) / a.sum(dim=1).clamp_min(1e-12)
+        terms.append(-torch.log(share.clamp_min(1e-6))[has].mean())
+    if not terms:
+        return attention[0].sum() * 0.0
     return torch.stack(terms).mean()
 
 

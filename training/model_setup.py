@@ -108,11 +108,13 @@ class ContrastiveStep(nn.Module):
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, text_cache: TextFeatureCache | None = None,
-                 objective: str = "single", lesion_guidance: float = 0.0):
+                 objective: str = "single", lesion_guidance: float = 0.0,
+                 lesion_guidance_levels: tuple[str, ...] = ("study",)):
         super().__init__()
         self.model, self.loss = model, loss
         self.text_cache = text_cache
         self.lesion_guidance = float(lesion_guidance)  # weight of training.lesions.guidance_loss (0 = off)
+        self.lesion_guidance_levels = tuple(lesion_guidance_levels)
         self.last_guidance = 0.0  # the term's value at the last step (for the progress bar and the log)
         if objective not in ("single", "two-head"):
             raise ValueError(f"objective must be 'single' or 'two-head', got {objective!r}")
@@ -167,7 +169,7 @@ class ContrastiveStep(nn.Module):
         """The contrastive loss + ``lesion_guidance`` x the lesion-guidance term (training/lesions.py)."""
         from .lesions import StudyAttentionTap, guidance_loss, kept_masks
 
-        with StudyAttentionTap(self.model.visual) as tap:
+        with StudyAttentionTap(self.model.visual, self.lesion_guidance_levels) as tap:
             feats = self.features(images, reports)
         masks = lesion_masks.to(images.device)
         has = masks.flatten(1).any(dim=1)

@@ -287,7 +287,8 @@ def train(cfg: TrainConfig, env: Dist | None = None):
         raise ValueError("--lesion-guidance needs a cache with lesions (training.prepare --lesions), "
                          "without --synthetic and with --accum-steps 1")
     step_module = ContrastiveStep(model, loss_fn, cache, objective=objective,
-                                  lesion_guidance=cfg.lesion_guidance).to(device).train()
+                                  lesion_guidance=cfg.lesion_guidance,
+                                  lesion_guidance_levels=tuple(cfg.lesion_guidance_levels or ("study",))).to(device).train()
     frozen = {n for n, p in step_module.named_parameters() if not p.requires_grad}
     wrapped = wrap_distributed(step_module, cfg, env)
     optimizer = create_optimizer([step_module], lr=cfg.lr, weight_decay=cfg.wd,

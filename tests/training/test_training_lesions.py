@@ -96,7 +96,8 @@ def test_kept_masks_follow_patch_dropout():
     assert torch.equal(got, (kept_ids.reshape(2, -1) % 3 == 0))
 
 
-def test_guidance_moves_the_cls_attention_onto_the_lesion():
+@pytest.mark.parametrize("levels", [("study",), ("study", "scan")])
+def test_guidance_moves_the_cls_attention_onto_the_lesion(levels):
     visual = tiny().train()
     torch.manual_seed(1)
     x = torch.randn(4, 2, 1, 8, 16, 16)
@@ -105,7 +106,7 @@ def test_guidance_moves_the_cls_attention_onto_the_lesion():
     has = torch.tensor([True, True, True, False])
     opt = torch.optim.Adam(visual.parameters(), lr=3e-3)
 
-    def share():
+    def share():  # of the study-level CLS attention (the block the official relevance reads)
         with torch.no_grad(), StudyAttentionTap(visual) as tap:
             visual(x)
         a = tap.image_attention()[0].mean(dim=1)
@@ -113,8 +114,9 @@ def test_guidance_moves_the_cls_attention_onto_the_lesion():
 
     before = share()
     for _ in range(60):
-        with StudyAttentionTap(visual) as tap:
+        with StudyAttentionTap(visual, levels) as tap:
             visual(x)
+        assert len(tap.rows) == len(levels)  # tiny(): one scan-level and one study-level block
         loss = guidance_loss(tap.image_attention(), kept_masks(masks, visual), has)
         opt.zero_grad()
         loss.backward()
