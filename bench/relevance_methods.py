@@ -40,13 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FOCAL = ("tumour", "infarct", "haemorrhage")
 
 
-def lesion_radius(details: dict) -> float:
-    """Half the lesion's size (tumour, haematoma), thickness (subdural) or mean radius (infarct), in mm."""
-    if "radii_mm" in details:
-        return float(np.mean(details["radii_mm"]))
-    return float(details.get("size_mm") or details.get("thickness_mm")) / 2
-
-
 def blank(x, token_mask, patch):
     """x [1, N, 1, D, H, W]; token_mask [K, N, d, h, w] bool -> K copies with those patches set to background."""
     import torch
@@ -98,15 +91,15 @@ def occlusion(model, x, text, scale, grid, patch, base):
 
 
 def peak_of(tokens, prepared, study, scan_volumes):
-    """World position (LPS mm) of the voxel peak on the most relevant source scan, as the plugin jumps to."""
-    from hlip_engine.relevance.maps import scan_importance
+    """World position (LPS mm) of ``Relevance.peak()`` for these tokens: the hot spot on the most relevant
+    source scan, where the plugin jumps."""
+    from hlip_engine.relevance import Relevance
 
-    volumes, order = scan_volumes(tokens, prepared)
-    top_model = int(np.argmax(scan_importance(tokens)))
-    k = prepared.scan_indices[top_model]
-    vol = volumes[order.index(k)]
-    s, r, c = np.unravel_index(int(np.argmax(vol)), vol.shape)
-    return study.scans[k].world((s, r, c))
+    rel = Relevance(tokens=tokens, prompt="", logit=0.0, patch_size=(1, 1, 1), model_grid=(1, 1, 1),
+                    scan_indices=list(prepared.scan_indices))
+    rel.volumes, rel.volume_scans = scan_volumes(tokens, prepared)
+    k, voxel = rel.peak()
+    return study.scans[k].world(voxel)
 
 
 def main(argv=None) -> int:
@@ -133,6 +126,7 @@ def main(argv=None) -> int:
     from hlip_engine.relevance import prompt_embedding, relevance
     from hlip_engine.relevance.last_block import _run_to_last_block, cls_attention_row
     from hlip_engine.relevance.maps import scan_volumes, token_centres
+    from training.lesions import lesion_radius_mm
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -155,7 +149,7 @@ def main(argv=None) -> int:
         grid = tuple(s // p for s, p in zip(x.shape[3:], patch))
         centres = token_centres(prepared, study, grid, patch)  # [N, d, h, w, 3]
         centre, mirror = np.array(details["centre_lps"]), np.array(details["mirror_lps"])
-        reach = lesion_radius(details) + 10.0
+        reach = lesion_radius_mm(details) + 10.0
         base = float(logits(model, x, text, scale)[0])
         row = {"finding": finding, "subtype": details.get("subtype", ""), "modality": r["modality"],
                "reach_mm": reach, "methods": {}}

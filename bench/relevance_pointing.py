@@ -27,13 +27,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def lesion_radius(details: dict) -> float:
-    """Half the lesion's size (tumour, haematoma), thickness (subdural) or mean radius (infarct), in mm."""
-    if "radii_mm" in details:
-        return float(np.mean(details["radii_mm"]))
-    return float(details.get("size_mm") or details.get("thickness_mm")) / 2
-
-
 def main(argv=None) -> int:
     from hlip_engine.demo.showcase import DEMO_MODEL
 
@@ -56,6 +49,7 @@ def main(argv=None) -> int:
     from hlip_engine.io import load_study
     from hlip_engine.model import load_model
     from hlip_engine.relevance import relevance
+    from training.lesions import lesion_radius_mm
 
     records = ensure_library(args.out / f"library-seed{args.seed}", args.studies, seed=args.seed)
     model = load_model(args.model, device="cpu")
@@ -78,7 +72,7 @@ def main(argv=None) -> int:
         peaks[top] = study.scans[k_top].world(voxel)
         dist = [float(np.linalg.norm(p - centre)) for p in peaks]
         near = [float(np.linalg.norm(p - centre)) < float(np.linalg.norm(p - mirror)) for p in peaks]
-        reach = lesion_radius(details) + 10.0
+        reach = lesion_radius_mm(details) + 10.0
         flair_series = {s["number"] for s in r["series"] if s["contrast"] == "FLAIR"}  # the generator's truth
         flair = [sc for sc in study.scans if sc.series_number in flair_series]
         flair_hit = None

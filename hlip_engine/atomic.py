@@ -29,6 +29,10 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_wr
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename inside ``path`` durable (POSIX); a no-op where directories cannot be opened."""
+    _fsync(path)
+
+
+def _fsync(path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -47,17 +51,6 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".tmp-{secrets.token_hex(4)}.{path.name}")
 
 
-def _fsync_file(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
@@ -69,7 +62,7 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Pat
         if not tmp.exists():
             raise FileNotFoundError(f"atomic_write: nothing was written to the temporary file for {path}")
         if fsync:
-            _fsync_file(tmp)
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

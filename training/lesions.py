@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hlip_engine.relevance.hierarchy import CLSAttentionRecorder
+
 # how far around a lesion's rim a token still counts as on the lesion (a token spans 16-40 mm)
 MARGIN_MM = 10.0
 
@@ -90,40 +92,21 @@ def token_mask(entries: list[dict], grid: tuple[int, int, int], patch: tuple[int
     return mask
 
 
-class StudyAttentionTap:
-    """While active, records (in the graph) the CLS attention of every block at one of ``levels``:
-    ``rows`` = one [U, heads, P + L_u] per such block (U units: the studies of the batch at study level,
-    their scans at scan level, each CLS copy attending over its own unit's kept tokens)."""
+class StudyAttentionTap(CLSAttentionRecorder):
+    """While active, records (in the graph) the CLS attention of every block at one of ``levels``: one
+    [U, heads, P + L_u] per such block (U units: the studies of the batch at study level, their scans at
+    scan level, each CLS copy attending over its own unit's kept tokens)."""
 
     def __init__(self, visual, levels=("study",)):
-        self.visual = visual
-        self.blocks = [i for i, lvl in enumerate(visual.cfg.blocks) if lvl in levels]
         if "study" not in visual.cfg.blocks:
             raise ValueError("lesion guidance needs a study-level block (where one CLS sees every scan); "
                              f"this model's blocks are {visual.cfg.blocks}")
-        self.rows: list = []
-        self._handles = []
-
-    def __enter__(self):
-        from hlip_engine.relevance.last_block import cls_attention_row
-
-        for i in self.blocks:
-            blk = self.visual.blocks[i]
-
-            def hook(module, args, blk=blk):
-                self.rows.append(cls_attention_row(blk.attn, blk.norm1(args[0]), 0))
-
-            self._handles.append(blk.register_forward_pre_hook(hook))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        blocks = [i for i, lvl in enumerate(visual.cfg.blocks) if lvl in levels]
+        super().__init__(visual, blocks, in_graph=True)
 
     def image_attention(self) -> list:
         p = self.visual.num_prefix_tokens
-        return [r[:, :, p:] for r in self.rows]
+        return [self.rows[b][:, :, p:] for b in self.blocks]
 
 
 def kept_masks(masks, visual):

@@ -7,6 +7,8 @@ memory per block (no T x T matrix), computed and reduced inside the hook.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -15,13 +17,18 @@ from .maps import HierarchyView
 
 
 class CLSAttentionRecorder:
-    """Context manager: while active, records the head-averaged CLS row at ``blocks`` of ``visual``."""
+    """Context manager: while active, records the CLS row of attention at ``blocks`` of ``visual``.
 
-    def __init__(self, visual, blocks):
+    ``rows[b]`` is [U, heads, T]. By default it is read without grad (relevance views); ``in_graph=True``
+    keeps it in the autograd graph (training.lesions reads it as a loss term).
+    """
+
+    def __init__(self, visual, blocks, *, in_graph: bool = False):
         depth = len(visual.blocks)
         self.visual = visual
         self.blocks = sorted({b % depth if -depth <= b < depth else _bad_block(b, depth) for b in blocks})
-        self.rows: dict[int, torch.Tensor] = {}  # block -> [U, T] mean over heads
+        self.in_graph = in_graph
+        self.rows: dict[int, torch.Tensor] = {}  # block -> [U, heads, T]
         self._handles = []
 
     def __enter__(self):
@@ -29,9 +36,9 @@ class CLSAttentionRecorder:
             blk = self.visual.blocks[b]
 
             def hook(module, args, b=b, blk=blk):
-                with torch.no_grad():
-                    h = blk.norm1(args[0].float())  # [U, T, C]
-                    self.rows[b] = cls_attention_row(blk.attn, h, 0).mean(dim=1)  # [U, T]
+                with contextlib.nullcontext() if self.in_graph else torch.no_grad():
+                    h = blk.norm1(args[0] if self.in_graph else args[0].float())  # [U, T, C]
+                    self.rows[b] = cls_attention_row(blk.attn, h, 0)  # [U, heads, T]
 
             self._handles.append(blk.register_forward_pre_hook(hook))
         return self
@@ -47,7 +54,7 @@ class CLSAttentionRecorder:
         grid = (layout.scans, layout.slices, layout.rows, layout.cols)
         out = []
         for b in self.blocks:
-            rows = self.rows[b].float().cpu()  # [U, P + L]
+            rows = self.rows[b].float().mean(dim=1).cpu()  # [U, P + L] mean over heads
             tokens = rows[:, p:].reshape(grid).numpy()  # units hold consecutive tokens in study order
             out.append(HierarchyView(b, self.visual.cfg.blocks[b], tokens.astype(np.float32),
                                      rows[:, :p].numpy().astype(np.float32)))

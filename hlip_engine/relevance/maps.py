@@ -109,15 +109,7 @@ class Relevance:
         order, totals = self.source_importance()
         k = order[int(np.argmax(totals))]
         volume = self.volumes[list(self.volume_scans).index(k)]
-        top = np.unravel_index(int(np.argmax(volume)), volume.shape)
-        if not centre_of_mass or float(volume[top]) <= 0:
-            return k, tuple(int(v) for v in top)
-        from scipy import ndimage
-
-        labels, _ = ndimage.label(volume >= 0.5 * float(volume[top]))
-        spot = labels == labels[top]
-        centre = ndimage.center_of_mass(np.where(spot, volume, 0.0))
-        return k, tuple(int(round(v)) for v in centre)
+        return k, hot_spot(volume, centre_of_mass)
 
     def display_volumes(self) -> list[np.ndarray]:
         """``volumes`` divided by the study's maximum (0..1), so one threshold means the same on every scan."""
@@ -155,6 +147,19 @@ class Relevance:
                 out["peak"] = {"scan": found[0], "voxel": list(found[1])}
         out.update(self.meta)
         return out
+
+
+def hot_spot(volume: np.ndarray, centre_of_mass: bool = True) -> tuple[int, int, int]:
+    """Voxel (slice, row, column) of a map's hot spot: the centre of mass of the voxels at or above half the
+    maximum that are connected to it, weighted by relevance (or the maximum voxel itself)."""
+    top = np.unravel_index(int(np.argmax(volume)), volume.shape)
+    if not centre_of_mass or float(volume[top]) <= 0:
+        return tuple(int(v) for v in top)
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(volume >= 0.5 * float(volume[top]))
+    centre = ndimage.center_of_mass(np.where(labels == labels[top], volume, 0.0))
+    return tuple(int(round(v)) for v in centre)
 
 
 def token_centres(prepared, study, token_grid, patch_size) -> np.ndarray:

@@ -7,54 +7,19 @@ a slice normal against row x column, an oblique plane). Every case is compared w
 space: sampled voxels are mapped through both affines, and one global linear intensity fit must be exact.
 """
 import gzip
-import subprocess
-import sys
 from pathlib import Path
 
-import nibabel
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dcm2niix_compare import DCM2NIIX, NIBABEL_DATA, agree_with_nifti, run_dcm2niix
 
 from hlip_engine import load_study
 from hlip_engine.io.dicom_write_mosaic import write_mosaic_dwi, write_mosaic_series
 from hlip_engine.study import Scan
 
-NIBABEL_DATA = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
-DCM2NIIX = Path(sys.executable).parent / "dcm2niix"
 STUDY = "1.2.826.0.1.3680043.8.498.2101"
-
-
-def run_dcm2niix(folder: Path, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([str(DCM2NIIX), "-z", "n", "-b", "y", "-f", "%s_%d_%e", "-o", str(out), str(folder)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return sorted(out.glob("*.nii"))
-
-
-def agree_with_nifti(scan: Scan, nii: Path, volumes=None, n: int = 3000, seed: int = 0) -> float:
-    """Largest residual (relative to the signal range) of one linear fit between our voxels and dcm2niix's,
-    sampled at the same patient-space points. ``volumes``: the 4-D volumes whose mean our scan is."""
-    img = nib.load(nii)
-    data = img.get_fdata()
-    if data.ndim == 4:
-        data = data[..., list(range(data.shape[3])) if volumes is None else list(volumes)].mean(axis=-1)
-    rng = np.random.default_rng(seed)
-    idx = np.stack([rng.integers(0, m, n) for m in scan.shape], axis=1)  # (slice, row, column)
-    lps = (scan.affine @ np.c_[idx[:, ::-1], np.ones(n)].T)[:3].T
-    ijk = (np.linalg.inv(img.affine) @ np.c_[lps * [-1, -1, 1], np.ones(n)].T)[:3].T  # LPS -> RAS -> voxel
-    near = np.round(ijk)
-    assert np.max(np.abs(ijk - near)) < 0.01, "voxel centres do not coincide with dcm2niix's"
-    near = near.astype(int)
-    assert np.all((near >= 0) & (near < data.shape[:3])), "sampled voxels fall outside dcm2niix's volume"
-    theirs = data[near[:, 0], near[:, 1], near[:, 2]]
-    ours = scan.voxels[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
-    design = np.c_[ours, np.ones(n)]
-    coef, *_ = np.linalg.lstsq(design, theirs, rcond=None)
-    assert coef[0] > 0
-    return float(np.max(np.abs(theirs - design @ coef)) / (np.ptp(theirs) or 1.0))
 
 
 def _bvals(nii: Path) -> np.ndarray:
