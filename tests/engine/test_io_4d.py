@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dcm2niix_compare import DCM2NIIX, NIBABEL_DATA, agree_with_nifti, run_dcm2niix
+from dcm2niix_compare import NIBABEL_DATA, agree_with_nifti, run_dcm2niix
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dcm2niix_compare import DCM2NIIX, NIBABEL_DATA, agree_with_nifti, run_dcm2niix
+from dcm2niix_compare import NIBABEL_DATA, agree_with_nifti, run_dcm2niix
 
 from hlip_engine import load_study
 from hlip_engine.io.dicom_write_mosaic import write_mosaic_dwi, write_mosaic_series
