@@ -68,8 +68,13 @@ def _series_uid(study_uid: str, number: int) -> str:
     return generate_uid(entropy_srcs=[study_uid, "series", str(number)])
 
 
-def make_studies(out_dir: str | Path, n: int, seed: int = 0, *, progress: bool = False) -> list[dict]:
+def make_studies(out_dir: str | Path, n: int, seed: int = 0, *, progress: bool = False,
+                 mosaic_dwi: bool = False) -> list[dict]:
     """Write ``n`` phantom studies into ``out_dir``; returns one record per study.
+
+    ``mosaic_dwi``: write each MR study's DWI as a Siemens MOSAIC (b=0 + three b=1000 directions, as raw
+    Siemens DWI comes off the scanner); off by default, and it draws nothing from the study's random stream,
+    so a seed gives the same studies either way (the DWI then loads as two scans, b=0 and the b=1000 trace).
 
     Record keys: ``uid``, ``path`` (the study folder), ``modality`` ("MR"/"CT"), ``findings`` ([] or [name]),
     ``details`` (side, lobe, size, territory... and ``centre_lps``/``mirror_lps`` in patient mm),
@@ -87,14 +92,14 @@ def make_studies(out_dir: str | Path, n: int, seed: int = 0, *, progress: bool =
 
         steps = tqdm(steps, desc="phantom studies", unit="study")
     # one process on purpose: about 0.6 s of CPU per study, and no worker pool to hang or to guard against
-    records = [_make_study(out, i, int(seed), *plan[i]) for i in steps]
+    records = [_make_study(out, i, int(seed), *plan[i], mosaic_dwi=mosaic_dwi) for i in steps]
     _write_text(out / "reports.json", json.dumps({r["uid"]: r["report"] for r in records}, indent=1))
     _write_text(out / "labels.csv", _labels_csv(records))
     _write_text(out / "studies.json", json.dumps(records, indent=1))
     return records
 
 
-def _make_study(out: Path, i: int, seed: int, kind: str, modality: str) -> dict:
+def _make_study(out: Path, i: int, seed: int, kind: str, modality: str, mosaic_dwi: bool = False) -> dict:
     anat = load_anatomy()
     rng = np.random.default_rng([seed, i + 1])
     uid = study_uid(seed, i)
@@ -140,7 +145,11 @@ def _make_study(out: Path, i: int, seed: int, kind: str, modality: str) -> dict:
         extra = {**study_extra, **plan.extra}
         for scan in scans:  # UIDs from the study and series number: the same seed writes the same files
             scan.series_uid = _series_uid(uid, plan.number)
-        if len(scans) == 1:
+        if len(scans) == 1 and mosaic_dwi and plan.contrast == "DWI":
+            from ..io.dicom_write_mosaic import write_mosaic_dwi
+
+            write_mosaic_dwi(scans[0], target, series_number=plan.number, extra=extra, **common)
+        elif len(scans) == 1:
             from ..io import write_dicom_series
 
             write_dicom_series(scans[0], target, series_number=plan.number, image_type=plan.image_type,

@@ -184,3 +184,28 @@ def test_inspect_names_each_scan_for_what_it_is(siemens_dwi, tmp_path, capsys):
     assert record["kind"] == ("DSC perfusion mean of 5 volumes, every 1.5 s; from Siemens MOSAIC "
                               "(4 slices per image)")
     assert record["attributes"]["NumberOfTimePoints"] == 5
+
+
+def test_phantom_generator_writes_a_siemens_mosaic_dwi_when_asked(tmp_path):
+    """make_studies(mosaic_dwi=True): the same studies (reports, scans), but each DWI is a real MOSAIC that
+    loads as b=0 + the b=1000 trace; off by default."""
+    from hlip_engine.demo import make_studies
+
+    plain = make_studies(tmp_path / "plain", 3, seed=21)
+    mosaic = make_studies(tmp_path / "mosaic", 3, seed=21, mosaic_dwi=True)
+    found = 0
+    for a, b in zip(plain, mosaic):
+        assert a["report"] == b["report"] and a["details"] == b["details"]
+        sa, sb = load_study(a["path"]), load_study(b["path"])
+        dwi = [s for s in sa.scans if "diff" in s.description.lower() or "dwi" in s.description.lower()]
+        if not dwi:
+            assert [s.description for s in sa.scans] == [s.description for s in sb.scans]
+            continue
+        found += 1
+        pair = [s for s in sb.scans if s.description.startswith(dwi[0].description + " [DWI b=")]
+        assert [s.description.split("[")[1] for s in pair] == ["DWI b=0]", "DWI b=1000 (trace of 3 directions)]"]
+        trace = pair[1]
+        assert trace.shape == dwi[0].shape
+        np.testing.assert_allclose(trace.affine, dwi[0].affine, atol=1e-3)
+        assert np.corrcoef(trace.voxels.ravel(), dwi[0].voxels.ravel())[0, 1] > 0.999
+    assert found >= 1
