@@ -27,7 +27,6 @@ Diagnostics of the known causes (the model, not the method):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -103,13 +102,9 @@ def peak_of(tokens, prepared, study, scan_volumes):
 
 
 def main(argv=None) -> int:
-    from hlip_engine.demo.showcase import DEMO_MODEL
+    from relevance_pointing import library_parser
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=DEMO_MODEL)
-    ap.add_argument("--seed", type=int, default=5)
-    ap.add_argument("--studies", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path("demo-output/quality"))
+    ap = library_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=["last-block", "rollout", "input-grad"])
     ap.add_argument("--occlusion", action="store_true", help="also token-by-token occlusion (slow)")
     ap.add_argument("--deletion", type=float, default=0.10, help="share of tokens blanked in the deletion test")

@@ -27,14 +27,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv=None) -> int:
+def library_parser(description: str) -> argparse.ArgumentParser:
+    """The options every phantom-lesion benchmark shares: which model, which library (seed, size), where."""
     from hlip_engine.demo.showcase import DEMO_MODEL
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", type=Path, default=DEMO_MODEL)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--studies", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path("demo-output/quality"))
+    ap.add_argument("--out", type=Path, default=Path("demo-output/quality"), help="where libraries are kept")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = library_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--method", default=None, help="relevance method (default: the model's own)")
     ap.add_argument("--json", type=Path, help="write the per-finding figures here")
     ap.add_argument("--argmax", action="store_true",

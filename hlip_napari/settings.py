@@ -6,20 +6,12 @@ inspect. ``HLIP_NAPARI_CONFIG_DIR`` moves it (tests point it at a temporary fold
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from hlip_engine.pacs.nodes import config_dir  # one config folder for the plugin and the engine's PACS nodes
+
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def config_dir() -> Path:
-    env = os.environ.get("HLIP_NAPARI_CONFIG_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("hlip-napari"))
 
 
 def settings_path() -> Path:
