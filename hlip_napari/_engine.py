@@ -145,7 +145,7 @@ class LocalEngine:
         return prompt_set_names()
 
     def relevance_methods(self) -> dict[str, str]:
-        from hlip_engine.relevance.api import METHODS
+        from hlip_engine.relevance.methods import METHODS
 
         return dict(METHODS)
 

@@ -12,6 +12,8 @@ default 2-D view is axial in radiological convention (patient's left on screen r
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,13 @@ SCAN_KEY = "hlip_scan"  # layer.metadata key holding the scan's index in Study.s
 KIND_KEY = "hlip_kind"  # "scan" or "relevance"
 WINDOW_KEY = "hlip_window"  # layer.metadata key: the CT preset name shown, or None for MR percentiles
 MR_AUTO_TEXT = "auto (0.5-99.5 %)"
+LOG = logging.getLogger("hlip_napari")
+OBLIQUE_NOTE = ("oblique scan: the 2-D view shows the nearest plane (napari leaves the few degrees of tilt out of "
+                "the slice); every voxel keeps its exact patient position, and the 3-D view shows the tilt")
+# napari says "Non-orthogonal slicing is being requested" as a toast for every oblique scan; what it means is
+# said once per scan in the log and in the layer's metadata ("note") instead
+warnings.filterwarnings("ignore", message="Non-orthogonal slicing is being requested", category=UserWarning)
+UNITS = ("mm", "mm", "mm")  # the affines are in mm: napari's scale bar and rulers then read mm
 
 
 # --- geometry --------------------------------------------------------------------------------------
@@ -65,6 +74,48 @@ def contrast_text(window: str | None) -> str:
 
 
 # --- layers ----------------------------------------------------------------------------------------
+def study_date(study: Study) -> str:
+    d = study.date or ""
+    return f"{d[:4]}-{d[4:6]}-{d[6:]}" if len(d) == 8 and d.isdigit() else d
+
+
+def study_label(study: Study) -> str:
+    """A short label that says whose a layer is: the study's date and modality (its UID's tail when undated)."""
+    when = study_date(study) or (f"…{study.uid[-6:]}" if study.uid else "study")
+    return f"{when} {study.modality}".strip()
+
+
+def patient_age(study: Study) -> str:
+    """Age at the study ("67 y", "8 mo") from the birth date; "" when either date is unknown."""
+    born, seen = study.patient.birth_date or "", study.date or ""
+    if not (len(born) == 8 and born.isdigit() and len(seen) == 8 and seen.isdigit()):
+        return ""
+    by, bm, bd, sy, sm, sd = int(born[:4]), int(born[4:6]), int(born[6:]), int(seen[:4]), int(seen[4:6]), int(seen[6:])
+    months = (sy - by) * 12 + (sm - bm) - (1 if sd < bd else 0)
+    if months < 0:
+        return ""
+    return f"{months // 12} y" if months >= 24 else f"{months} mo"
+
+
+def study_header(study: Study, identifiers: bool = False) -> str:
+    """The study line a reader checks before reading: description, date, age, sex, modality, scans.
+
+    Identifiers (name, patient ID) only when asked for: screenshots and screen shares stay de-identified."""
+    parts = [study.description or "Study", study_date(study) or "date unknown", study.modality or "?"]
+    age, sex = patient_age(study), (study.patient.sex or "").upper()
+    parts.append(" ".join(x for x in (age, {"M": "male", "F": "female", "O": "other"}.get(sex, sex)) if x)
+                 or "age/sex unknown")
+    line = "  ·  ".join(parts)
+    if identifiers:
+        line += f"\n{study.patient.name or '(no name)'}  ·  ID {study.patient.id or '?'}  ·  UID {study.uid}"
+    return line
+
+
+def scan_warnings(scan: Scan) -> list[str]:
+    """What the loader had to do to this scan (filled slices, resampled tilt, cut gaps), as it recorded it."""
+    return [str(w) for w in scan.attributes.get("warnings", []) or []]
+
+
 def scan_name(scan: Scan, index: int) -> str:
     number = f"{scan.series_number}" if scan.series_number is not None else f"#{index + 1}"
     return f"{number} {scan.description or scan.modality or 'scan'}".strip()
@@ -79,8 +130,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: str = "") -> tuple:
-    """One scan as a napari ``(data, kwargs, "image")`` tuple, placed in patient space."""
+def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: str | None = None) -> tuple:
+    """One scan as a napari ``(data, kwargs, "image")`` tuple, placed in patient space.
+
+    The name starts with the study's label (``prefix`` overrides it) so no layer is anonymous."""
     scan = study.scans[index]
     view, affine = layer_view(scan)
     limits, window = default_limits(scan, study)
@@ -99,25 +152,32 @@ def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: s
         "spacing_mm": tuple(round(s, 4) for s in scan.spacing),
         "shape": scan.shape,
         "source": scan.source,
+        "study_label": study_label(study),
+        "warnings": scan_warnings(scan),
         "contrast": contrast_text(window),
         WINDOW_KEY: window,
         "value_range": value_range(scan.voxels),
         "attributes": {k: _plain(v) for k, v in scan.attributes.items()},
     }
+    lin = affine[:3, :3]
+    if not np.allclose(lin, np.diag(np.diag(lin)), atol=1e-6):
+        metadata["note"] = OBLIQUE_NOTE
+        LOG.info("%s: %s", scan_name(scan, index), OBLIQUE_NOTE)
     kwargs = {
-        "name": prefix + scan_name(scan, index),
+        "name": f"{study_label(study) if prefix is None else prefix} · {scan_name(scan, index)}",
         "affine": affine,
         "contrast_limits": limits,
         "colormap": "gray",
         "metadata": metadata,
         "visible": visible,
         "axis_labels": AXIS_LABELS,
+        "units": UNITS,
         "interpolation2d": "linear",
     }
     return (view.apply(scan.voxels), kwargs, "image")
 
 
-def study_layer_data(study: Study, prefix: str = "") -> list[tuple]:
+def study_layer_data(study: Study, prefix: str | None = None) -> list[tuple]:
     """All scans of a study; only the first is visible, since every scan fills the same patient space."""
     return [scan_layer_data(study, i, visible=(i == 0), prefix=prefix) for i in range(len(study.scans))]
 
@@ -139,30 +199,133 @@ def relevance_layer_data(study: Study, index: int, volume: np.ndarray, prompt: s
                          f"expected the scan's {scan.shape}")
     view, affine = layer_view(scan)
     kwargs = {
-        "name": f"{prompt} · {scan_name(scan, index)}",
+        "name": f"{study_label(study)} · {prompt} · {scan_name(scan, index)}",
         "affine": affine,
         "contrast_limits": (threshold, 1.0),
         "colormap": colormap if colormap is not None else relevance_colormap(),
         "opacity": opacity,
         "blending": "translucent",
-        "metadata": {STUDY_KEY: study, SCAN_KEY: index, KIND_KEY: "relevance", "prompt": prompt},
+        "metadata": {STUDY_KEY: study, SCAN_KEY: index, KIND_KEY: "relevance", "prompt": prompt,
+                     "study_uid": study.uid, "series_uid": scan.series_uid, "study_label": study_label(study)},
         "axis_labels": AXIS_LABELS,
+        "units": UNITS,
         "interpolation2d": "linear",
     }
     return (view.apply(np.asarray(volume, dtype=np.float32)), kwargs, "image")
 
 
-def add_studies(viewer, studies) -> list:
-    """Add each study's scans to ``viewer`` (the first scan shown, the others hidden); returns the layers."""
-    added = []
-    for study in studies:
-        prefix = f"{study.date or study.uid[-6:]} " if len(studies) > 1 else ""
-        for data, kwargs, _kind in study_layer_data(study, prefix=prefix):
-            added.append(viewer.add_image(data, **kwargs))
+def study_of(layer) -> Study | None:
+    study = (getattr(layer, "metadata", None) or {}).get(STUDY_KEY)
+    return study if isinstance(study, Study) else None
+
+
+def close_other_studies(viewer, keep: Study) -> list[str]:
+    """Remove the layers of every study but ``keep`` (scans, overlays, rulers): one patient on screen.
+
+    Layers that are not the plugin's (no study in their metadata) stay. Returns the labels closed."""
+    closed, gone = [], []
+    for layer in list(viewer.layers):
+        study = study_of(layer)
+        if study is not None and study is not keep:
+            gone.append(layer)
+            if study_label(study) not in closed:
+                closed.append(study_label(study))
+    for layer in gone:
+        viewer.layers.remove(layer)
+    return closed
+
+
+def loader_notes(study: Study) -> list[str]:
+    """One line per scan the loader changed: "2 HEAD AX: 1 missing slice(s) filled by linear interpolation"."""
+    return [f"{scan_name(scan, i)}: {w}" for i, scan in enumerate(study.scans) for w in scan_warnings(scan)]
+
+
+def announce_study(study: Study, others=()) -> None:
+    """The notifications a study opens with: what the loader filled, resampled or cut, and the other
+    studies of a folder that holds several."""
+    from napari.utils.notifications import show_info, show_warning
+
+    notes = loader_notes(study)
+    if notes:
+        show_warning(f"{study_label(study)} {study.description}: the loader changed {len(notes)} scan(s); "
+                     "check before reading:\n" + "\n".join(notes))
+    if others:
+        show_info(f"This folder holds {len(others) + 1} studies; showing {study_label(study)} "
+                  f"({study.description or study.uid}). Open the others one at a time: "
+                  + "; ".join(f"{study_label(s)} {s.description} ({s.source})" for s in others))
+
+
+def add_studies(viewer, studies, *, replace: bool = True) -> list:
+    """Show a study's scans (the first shown, the others hidden) in ``viewer``; returns the layers.
+
+    replace: close the study on screen first (the default: one patient at a time). A folder holding
+    several studies shows the first; the others are named in a notification (open them one by one)."""
+    studies = list(studies)
+    if not studies:
+        return []
+    study, others = studies[0], studies[1:]
+    from ._reading import reading
+
+    reading(viewer)  # the one-study guard and the PACS mouse, for whichever path added the study
+    if replace:
+        close_other_studies(viewer, study)
+    added = [viewer.add_image(data, **kwargs) for data, kwargs, _kind in study_layer_data(study)]
+    announce_study(study, others)
     if added:
         viewer.layers.selection.active = added[0]
         viewer.reset_view()
     return added
+
+
+def add_gradually(viewer, layer_data, on_done=None, remove=()) -> None:
+    """Remove the layers ``remove``, then add ``(data, kwargs, "image")`` tuples, one per event-loop turn;
+    then call ``on_done(layers)``.
+
+    Why: each insert or removal costs napari a redraw and a layer-controls panel (60-400 ms on a 2-core
+    machine with software OpenGL); four in one go freeze the viewer for a second or more."""
+    from qtpy.QtCore import QTimer
+
+    pending, added, gone = list(layer_data), [], list(remove)
+
+    def next_one():
+        if gone:
+            layer = gone.pop(0)
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+            QTimer.singleShot(0, next_one)
+            return
+        if not pending:
+            if on_done is not None:
+                on_done(added)
+            return
+        data, kwargs, _kind = pending.pop(0)
+        added.append(viewer.add_image(data, **kwargs))
+        QTimer.singleShot(0, next_one)
+
+    QTimer.singleShot(0, next_one)
+
+
+def show_study_gradually(viewer, studies, on_done=None) -> None:
+    """:func:`add_studies` without freezing the viewer: the study on screen closes, then the new study's
+    scans arrive one per event-loop turn; ``on_done(layers)`` once all are in."""
+    studies = list(studies)
+    if not studies:
+        return
+    from ._reading import reading
+
+    study, others = studies[0], studies[1:]
+    reading(viewer)
+    close_other_studies(viewer, study)
+    announce_study(study, others)
+
+    def finish(added):
+        if added:
+            viewer.layers.selection.active = added[0]
+            viewer.reset_view()
+        if on_done is not None:
+            on_done(added)
+
+    add_gradually(viewer, study_layer_data(study), finish)
 
 
 # plane -> (dims order: slider axis first, then the two displayed axes; 2-D camera orientation)
@@ -227,3 +390,35 @@ def open_study_or_warn(viewer, message: str = NO_STUDY) -> Study | None:
 
         show_warning(message)
     return study
+
+
+# --- measuring -------------------------------------------------------------------------------------
+def line_lengths_mm(lines) -> list[float]:
+    """Length (mm) of each line of a shapes layer drawn in world coordinates (our world is mm)."""
+    return [float(np.linalg.norm(np.asarray(line, dtype=float)[-1] - np.asarray(line, dtype=float)[0]))
+            for line in lines]
+
+
+def add_ruler(viewer, study: Study | None = None):
+    """A shapes layer in line mode whose lines show their length in mm (the study's, closed with it)."""
+    ndim = max(viewer.dims.ndim, 3)
+    metadata = {KIND_KEY: "ruler"}
+    if study is not None:
+        metadata.update({STUDY_KEY: study, "study_uid": study.uid, "series_uid": "",
+                         "study_label": study_label(study)})
+    name = f"{study_label(study)} · ruler" if study is not None else "ruler"
+    layer = viewer.add_shapes(ndim=ndim, name=name, shape_type="line", edge_color="#ffd54f", edge_width=0.6,
+                              features={"length": np.zeros(0)}, feature_defaults={"length": 0.0},
+                              text={"string": "{length:.1f} mm", "color": "#ffd54f", "size": 11,
+                                    "anchor": "upper_left"},
+                              metadata=metadata, units=UNITS[:1] * ndim)
+
+    def _measure(*_args):
+        lengths = line_lengths_mm(layer.data)
+        if list(layer.features.get("length", [])) != lengths:
+            layer.features = {"length": np.asarray(lengths, dtype=float)}
+
+    layer.events.data.connect(_measure)
+    layer.mode = "add_line"
+    viewer.layers.selection.active = layer
+    return layer

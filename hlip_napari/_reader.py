@@ -109,17 +109,36 @@ def load_studies(path: str) -> list:
 
 
 def read_study(path) -> list[tuple]:
-    """Load the study at ``path`` and return napari layer data: one image layer per scan."""
+    """Load the study at ``path`` and return napari layer data: one image layer per scan.
+
+    One patient on screen: a folder holding several studies gives the first (the others are named in a
+    notification), and the study already in the viewer is closed when these layers arrive."""
     if isinstance(path, (list, tuple)):
         path = path[0]
     studies = load_studies(os.fspath(path))
-    layers = []
-    for study in studies:
-        prefix = f"{study.date or study.uid[-6:]} " if len(studies) > 1 else ""
-        layers.extend(study_layer_data(study, prefix=prefix))
+    layers = study_layer_data(studies[0]) if studies else []
     if not layers:
         from hlip_engine import StudyLoadError
 
         reasons = "; ".join(f"{item}: {why}" for s in studies for item, why in s.skipped[:5])
         raise StudyLoadError(f"{path}: no image scans to show ({reasons or 'nothing readable'})")
+    _one_study_in_current_viewer(studies)
     return layers
+
+
+def _one_study_in_current_viewer(studies) -> None:
+    """File ▸ Open adds our layers itself: make sure the viewer closes the previous study when they land,
+    and say what the loader had to do to this one."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer (a script reading studies): nothing to guard
+        viewer = None
+    from ._layers import announce_study
+
+    if viewer is not None:
+        from ._reading import guard_one_study
+
+        guard_one_study(viewer)
+    announce_study(studies[0], others=studies[1:])

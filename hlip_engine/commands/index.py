@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     b.add_argument("--batch-size", type=int, default=4, help="studies encoded together (default 4)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build / add new studies")
     b.add_argument("--rebuild", action="store_true", help="start over, even with another model")
+    b.add_argument("--reports", metavar="FILE",
+                   help="JSON/CSV of report texts by study (as training.prepare --reports): each study's "
+                        "impression is recorded, for search hits to show")
     b.add_argument("--keep-identifiers", action="store_true",
                    help="also store patient names and IDs (off by default)")
     b.add_argument("--device", help="torch device for encoding (default: CUDA when available, else CPU)")
@@ -53,7 +56,8 @@ def run(args) -> int:
     report = build_library(args.library, args.model, args.index_dir, recipe=args.recipe, workers=args.workers,
                            resume=args.resume, rebuild=args.rebuild, keep_identifiers=args.keep_identifiers,
                            batch_size=args.batch_size, device=args.device, index_type=args.index_type,
-                           progress=not args.no_progress, flush_every=max(1, args.flush_every), log=lambda msg: print(msg, file=sys.stderr))
+                           progress=not args.no_progress, flush_every=max(1, args.flush_every),
+                           log=lambda msg: print(msg, file=sys.stderr), reports=args.reports)
     if report.rank != 0:
         print(f"rank {report.rank}: " + report.lines()[0], file=sys.stderr)
         return 0

@@ -19,6 +19,7 @@ from ..search import encode_prepared
 from .files import IndexFormatError
 from .index_build import IndexBuild
 from .metadata import normalise_date
+from .reports import demographics, match_impression, read_impressions
 from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
 
 
@@ -53,6 +54,7 @@ def prepare_study(ref, recipe: str, options: dict) -> dict[str, Any]:
         meta["date"] = normalise_date(study.date or ref.date)
     except ValueError:
         meta["date"], meta["date_raw"] = "", str(study.date)
+    meta.update(demographics(study.patient, str(study.date or "")))
     return {"meta": meta, "tensor": prepared.tensor, "reason": ""}
 
 
@@ -106,21 +108,27 @@ class BuildReport:
 def build_library(library: str | Path, checkpoint: str | Path, index_dir: str | Path, *, recipe: str | None = None,
                   workers: int = 2, resume: bool = False, rebuild: bool = False, keep_identifiers: bool = False,
                   batch_size: int = 4, device: str | None = None, index_type: str = "auto", progress: bool = True,
-                  flush_every: int = 256, flush_seconds: float = 30.0, log=print) -> BuildReport:
-    """Embed every study under ``library`` with ``checkpoint`` into the index at ``index_dir``; see module doc."""
+                  flush_every: int = 256, flush_seconds: float = 30.0, log=print,
+                  reports: str | Path | None = None) -> BuildReport:
+    """Embed every study under ``library`` with ``checkpoint`` into the index at ``index_dir``; see module doc.
+
+    reports: a JSON/CSV of report texts (as ``training.prepare --reports``): each study's impression is
+    recorded with it (``impression``), for search hits to show."""
+    impressions = read_impressions(reports) if reports else {}
     ranks = Ranks.from_env()
     group = Group(ranks)
     try:
         return _build(Path(library), Path(checkpoint), Path(index_dir), ranks, group, recipe=recipe,
                       workers=workers, resume=resume, rebuild=rebuild, keep_identifiers=keep_identifiers,
                       batch_size=batch_size, device=device, index_type=index_type, progress=progress,
-                      flush_every=flush_every, flush_seconds=flush_seconds, log=log)
+                      flush_every=flush_every, flush_seconds=flush_seconds, log=log, impressions=impressions)
     finally:
         group.close()
 
 
 def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, rebuild, keep_identifiers,
-           batch_size, device, index_type, progress, flush_every, flush_seconds, log) -> BuildReport:
+           batch_size, device, index_type, progress, flush_every, flush_seconds, log,
+           impressions=None) -> BuildReport:
     import torch
 
     from hlip_engine.io import discover
@@ -176,7 +184,8 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
     todo = todo[ranks.rank::ranks.world_size]
 
     _embed(model, index, todo, recipe, options, report, workers=workers, batch_size=batch_size,
-           progress=progress, flush_every=flush_every, flush_seconds=flush_seconds, ranks=ranks)
+           progress=progress, flush_every=flush_every, flush_seconds=flush_seconds, ranks=ranks,
+           impressions=impressions or {})
 
     # 5. every rank done -> rank 0 merges the shards and publishes
     group.barrier()
@@ -202,7 +211,7 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
 
 
 def _embed(model, index, todo, recipe, options, report, *, workers, batch_size, progress, flush_every,
-           flush_seconds, ranks) -> None:
+           flush_seconds, ranks, impressions=None) -> None:
     """The loop: workers prepare studies, this process encodes them in batches and stores them durably."""
     import torch
     from torch.utils.data import DataLoader
@@ -231,6 +240,9 @@ def _embed(model, index, todo, recipe, options, report, *, workers, batch_size, 
             if vec is None:
                 skip(item["meta"], reason)
             else:
+                impression = match_impression(impressions, item["meta"]) if impressions else ""
+                if impression:
+                    item["meta"]["impression"] = impression
                 vectors.append(vec)
                 metas.append(item["meta"])
         bar.update(len(batch))

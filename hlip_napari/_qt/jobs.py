@@ -51,6 +51,11 @@ class Job:
         self.title = title
         self.worker = None
         self._busy_listeners = [on_busy] if on_busy else []
+        self._cancel_listeners: list[Callable[[], None]] = []
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the user cancels a running job (to say "cancelled" where it said "...ing")."""
+        self._cancel_listeners.append(callback)
 
     @property
     def running(self) -> bool:
@@ -67,7 +72,7 @@ class Job:
         from napari.qt.threading import create_worker
 
         if self.worker is not None:
-            self.cancel()
+            self._stop()  # a new request replaces the running one (not a cancel: no "cancelled")
         # While a worker runs pure-Python model code it holds the GIL, and every Python call the Qt thread
         # makes waits up to one switch interval (5 ms by default) for it: a dock repaint of a few hundred
         # such calls then stalls the viewer for half a second. A shorter interval keeps the GUI fluid.
@@ -93,7 +98,13 @@ class Job:
         return worker
 
     def cancel(self) -> None:
-        """Ask the worker to stop at its next step; its result is dropped."""
+        """Ask the worker to stop at its next step; its result is dropped, and the widget says so."""
+        if self._stop():
+            for listener in self._cancel_listeners:
+                listener()
+
+    def _stop(self) -> bool:
+        """Stop the running worker (if any) and drop its result; True when one was running."""
         worker, self.worker = self.worker, None
         if worker is not None:
             try:
@@ -102,6 +113,7 @@ class Job:
                 pass
             worker.quit()
         self._set_busy(False)
+        return worker is not None
 
     def _finished(self, worker) -> None:
         if worker is self.worker:

@@ -28,6 +28,7 @@ from .._layers import (
     relevance_layer_data,
     scan_layers,
     scan_name,
+    study_label,
 )
 from .._session import MODELS
 from .jobs import Job
@@ -53,7 +54,8 @@ def relevance_job(settings, study, prompt: str, templates: list[str] | None, cha
 
     rel = relevance(model, prepared, prompt, templates=templates or None, method=method)
     yield "drawing"
-    volumes = rel.display_volumes()
+    # float32 here, in the worker: converting four 512^2 x 75 maps on the Qt thread froze it for 0.3 s
+    volumes = [np.ascontiguousarray(v, dtype=np.float32) for v in rel.display_volumes()]
     order, totals = rel.source_importance()
     bars = render_bars([scan_name(study.scans[k], k) for k in order], totals, width_px=chart_width,
                        highlight=int(np.argmax(totals)) if len(totals) else None)
@@ -77,7 +79,7 @@ class RelevanceWidget(QWidget):
         self.prompt.returnPressed.connect(self.run)
         self.template = QLineEdit()
         self.template.setPlaceholderText("optional template, e.g. This MRI study shows: {}.")
-        from hlip_engine.relevance.api import METHODS
+        from hlip_engine.relevance.methods import METHODS
 
         self.method = QComboBox()
         self.method.addItems([MODEL_DEFAULT, *METHODS])
@@ -113,6 +115,7 @@ class RelevanceWidget(QWidget):
         self.jump_button.clicked.connect(self.go_to_peak)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.job.on_cancel(lambda: self.status.setText("Cancelled."))
         self.chart = BarChart(self)
 
         self.setMinimumWidth(420)
@@ -147,32 +150,42 @@ class RelevanceWidget(QWidget):
                               on_error=lambda _e: self.status.setText("Relevance failed (see the notification)."))
 
     # --- showing -----------------------------------------------------------------------------------
-    def show_result(self, study, rel, volumes, bars) -> list:
-        """One overlay per scan (normalised to the study's maximum), the importance chart, the jump button."""
-        for layer in self.layers:  # replace the previous prompt's overlays
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.result, self.study, self.layers = rel, study, []
+    def show_result(self, study, rel, volumes, bars) -> None:
+        """One overlay per scan (normalised to the study's maximum), the importance chart, the jump button.
+
+        The overlays arrive one per event-loop turn (:func:`add_gradually`): inserted together they froze
+        the viewer for most of a second. ``result`` is set once they are all in."""
+        from .._layers import add_gradually
+
+        old = [layer for layer in self.layers if layer in self.viewer.layers]  # the previous prompt's overlays
+        self.result, self.study, self.layers, self._pending = None, study, [], True
         base = {layer.metadata[SCAN_KEY]: layer for layer in scan_layers(self.viewer, study)}
+        tuples = []
         for k, volume in zip(rel.volume_scans or [], volumes):
             data, kwargs, _kind = relevance_layer_data(study, k, volume, rel.prompt,
                                                        threshold=self.threshold.value() / 100,
                                                        opacity=self.opacity.value() / 100)
             kwargs["visible"] = base[k].visible if k in base else True
-            layer = self.viewer.add_image(data, **kwargs)
-            if k in base:  # the overlay follows its scan's show/hide
-                scan_layer = base[k]
-                scan_layer.events.visible.connect(
-                    lambda _e, overlay=layer, scan=scan_layer: setattr(overlay, "visible", scan.visible))
-            self.layers.append(layer)
-        self.restyle()
+            tuples.append((data, kwargs, "image"))
         self.chart.show_bars(bars)
-        self.jump_button.setEnabled(bool(self.layers))
-        self.status.setText(f"“{rel.prompt}” ({rel.method}): logit {rel.logit:.2f}. Overlays are relative to "
-                            "this study's maximum; research use only.")
-        if self.layers:
-            self.viewer.layers.selection.active = self.layers[0]
-        return self.layers
+
+        def done(added):
+            for layer in added:
+                k = layer.metadata[SCAN_KEY]
+                if k in base:  # the overlay follows its scan's show/hide
+                    scan_layer = base[k]
+                    scan_layer.events.visible.connect(
+                        lambda _e, overlay=layer, scan=scan_layer: setattr(overlay, "visible", scan.visible))
+            self.layers = added
+            self.restyle()
+            self.jump_button.setEnabled(bool(added))
+            self.status.setText(f"{study_label(study)} · “{rel.prompt}” ({rel.method}): logit {rel.logit:.2f}. "
+                                "Overlays are relative to this study's maximum; research use only.")
+            if added:
+                self.viewer.layers.selection.active = added[0]
+            self.result, self._pending = rel, False
+
+        add_gradually(self.viewer, tuples, done, remove=old)
 
     def restyle(self) -> None:
         """Apply the colour map, opacity and threshold to this prompt's overlays."""

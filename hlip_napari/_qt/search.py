@@ -10,6 +10,8 @@ import time
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
@@ -24,12 +26,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import add_studies, open_study_or_warn
+from .._layers import open_study_or_warn
 from .._session import INDEXES, MODELS, SETTINGS
 from .jobs import Job
 from .model_panel import ModelBox
 
-COLUMNS = ("Score", "Date", "Mod.", "Description", "Scans")
+COLUMNS = ("Score", "Date", "Mod.", "Description", "Impression", "Age/Sex", "Scans")
+IMPRESSION_COLUMN = 4
+SCORE_TIP = ("Score: cosine similarity between the query's embedding and the study's (1 = the same direction).\n"
+             "It ranks studies for this query; it is not a probability, and scores of different queries "
+             "do not compare.")
+WRAP_ROWS = 50
+MODALITIES = ("any", "MR", "CT", "PT", "CR", "DX", "US")
 
 
 def _field(row: dict, *names, default=""):
@@ -44,7 +52,12 @@ def _date(text: str) -> str:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
-def search_job(settings, index_path: str, query, k: int):
+def _age_sex(row: dict) -> str:
+    age, sex = row.get("age"), str(row.get("sex") or row.get("patient_sex") or "")  # sex: --keep-identifiers
+    return " ".join(x for x in (f"{age} y" if age not in (None, "") else "", sex) if x)
+
+
+def search_job(settings, index_path: str, query, k: int, filters: dict | None = None):
     """Worker: encode the query (text, or a Study for "more like this"), look it up, return ranked rows."""
     from hlip_engine import search as retrieval
 
@@ -60,7 +73,7 @@ def search_job(settings, index_path: str, query, k: int):
         vec = retrieval.study_vector(index, model, query)
         row = retrieval.stored_row(index, query)
         exclude = [row] if row is not None else []
-    hits = retrieval.search(index, vec, k, exclude=exclude)
+    hits = retrieval.search(index, vec, k, filters or None, exclude=exclude)
     return {"scores": [h.score for h in hits], "rows": [h.meta for h in hits], "seconds": time.perf_counter() - t0,
             "size": len(index)}
 
@@ -108,9 +121,27 @@ class SearchWidget(QWidget):
         self.like_button.setToolTip("Find the studies whose embedding is closest to the study shown in the viewer")
         self.like_button.clicked.connect(self.more_like_this)
         buttons, self.cancel_button = self.job.buttons(self.like_button, self.k)
+        self.modality = QComboBox()
+        self.modality.addItems(MODALITIES)
+        self.modality.setToolTip("Only studies of this modality (as `hlip search --modality`)")
+        self.date_from = QLineEdit()
+        self.date_from.setPlaceholderText("from YYYY-MM-DD")
+        self.date_to = QLineEdit()
+        self.date_to.setPlaceholderText("to YYYY-MM-DD")
+        self.identifiers = QCheckBox("Accession")
+        self.identifiers.setToolTip("Show the accession number (only in indexes built with --keep-identifiers)")
+        self.identifiers.toggled.connect(lambda _on: self.show_results(self._last) if self._last else None)
+        filters = QHBoxLayout()
+        filters.addWidget(QLabel("Modality"))
+        filters.addWidget(self.modality)
+        filters.addWidget(self.date_from, 1)
+        filters.addWidget(self.date_to, 1)
+        filters.addWidget(self.identifiers)
+        self._last = None
 
         self.status = QLabel("Pick an index and a model, type a description, press Enter.")
         self.status.setWordWrap(True)
+        self.job.on_cancel(lambda: self.status.setText("Cancelled."))
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -118,10 +149,11 @@ class SearchWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(IMPRESSION_COLUMN, QHeaderView.ResizeMode.Stretch)
         self.table.setToolTip("Double-click a study to open it")
-        self.table.setWordWrap(False)
-        self.setMinimumWidth(440)
+        self.table.horizontalHeaderItem(0).setToolTip(SCORE_TIP)
+        self.table.setWordWrap(True)
+        self.setMinimumWidth(560)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.open_result(row))
 
         layout = QVBoxLayout(self)
@@ -129,6 +161,7 @@ class SearchWidget(QWidget):
         layout.addLayout(index_row)
         layout.addWidget(self.query)
         layout.addLayout(buttons)
+        layout.addLayout(filters)
         layout.addWidget(self.status)
         layout.addWidget(self.table, 1)
 
@@ -165,12 +198,26 @@ class SearchWidget(QWidget):
         self._asked = time.perf_counter()
         settings, index = self.model_box.settings(), self.index_edit.text().strip()
         loaded = MODELS.peek(settings) is not None and INDEXES.peek(index) is not None
-        return self.job.start(search_job, settings, index, query, self.k.value(), steps=3,
+        return self.job.start(search_job, settings, index, query, self.k.value(), self.filters(), steps=3,
                               progress=not (loaded and isinstance(query, str)), on_done=lambda r: self.show_results(r, what),
                               on_error=lambda _e: self.status.setText("Search failed (see the notification)."))
 
-    def show_results(self, result: dict, what: str = "") -> None:
+    def filters(self) -> dict:
+        """The modality and date filters as `hlip search` takes them."""
+        out = {}
+        if self.modality.currentText() != "any":
+            out["modality"] = self.modality.currentText()
+        for key, edit in (("date_from", self.date_from), ("date_to", self.date_to)):
+            if edit.text().strip():
+                out[key] = edit.text().strip()
+        return out
+
+    def show_results(self, result: dict, what: str | None = None) -> None:
+        if what is None:
+            what = getattr(self, "_what", "")
+        self._last, self._what = result, what
         self.rows, self.scores = result["rows"], result["scores"]
+        accession = self.identifiers.isChecked()
         table = self.table
         header = table.horizontalHeader()
         # per-cell ResizeToContents re-measures every column on every insert: fill first, measure once
@@ -180,18 +227,26 @@ class SearchWidget(QWidget):
             table.setRowCount(len(self.rows))
             for r, (score, row) in enumerate(zip(self.scores, self.rows)):
                 n = _field(row, "n_scans", "scan_count", "scans")
+                description = str(_field(row, "description", "study_description", default="(no description)"))
+                if accession and row.get("accession"):
+                    description += f"  [acc. {row['accession']}]"
+                impression = str(row.get("impression") or "")
                 cells = [f"{score:.3f}", _date(_field(row, "date", "study_date")), str(_field(row, "modality")),
-                         str(_field(row, "description", "study_description", default="(no description)")), str(n)]
+                         description, impression or "—", _age_sex(row), str(n)]
                 tip = str(_field(row, "path", "source"))
                 for c, text in enumerate(cells):
                     item = QTableWidgetItem(text)
-                    if c in (0, 4):
+                    if c in (0, 6):
                         item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                    item.setToolTip(tip)
+                    item.setToolTip(SCORE_TIP if c == 0 else (f"Impression: {impression}\n{tip}" if impression
+                                                                else f"{tip}\n(no report known for this study)"))
                     table.setItem(r, c, item)
-            for c in (0, 1, 2, 4):
+            for c in (0, 1, 2, 5, 6):
                 table.resizeColumnToContents(c)
-            header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+            table.setColumnWidth(3, max(100, min(table.sizeHintForColumn(3), 150)))
+            header.setSectionResizeMode(IMPRESSION_COLUMN, QHeaderView.ResizeMode.Stretch)
+            if len(self.rows) <= WRAP_ROWS:  # impressions wrap onto a second line; measuring 500 rows would stall
+                table.resizeRowsToContents()
         finally:
             table.setUpdatesEnabled(True)
         total = (time.perf_counter() - self._asked) * 1000 if hasattr(self, "_asked") else 0
@@ -214,5 +269,7 @@ class SearchWidget(QWidget):
         return self.open.start(open_job, path, steps=1, on_done=lambda studies: self._opened(studies, path))
 
     def _opened(self, studies, path: str) -> None:
-        add_studies(self.viewer, studies)
-        self.status.setText(f"Opened {path}")
+        from .._layers import show_study_gradually
+
+        # closes the study on screen (one patient at a time), then adds the scans without freezing the viewer
+        show_study_gradually(self.viewer, studies, lambda _added: self.status.setText(f"Opened {path}"))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtGui import QBrush, QColor, QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QGroupBox,
@@ -35,15 +36,20 @@ from .._layers import (
     contrast_text,
     open_study,
     scan_layers,
+    scan_warnings,
     show_plane,
+    study_header,
     window_limits,
     window_presets,
 )
+from .._reading import reading
 from .jobs import Job, follow
 
 THUMB = 56  # px
 MR_AUTO = "MR auto (0.5-99.5 %)"
 COLUMNS = ("Show", "#", "Description", "Mod.", "Size", "Spacing mm", "Plane")
+WARNING_BRUSH = QColor(120, 80, 0)  # row background of a scan the loader changed (amber, dark theme)
+DESCRIPTION_MIN = 140  # px: the description is what a reader reads first
 
 
 def thumbnail(voxels: np.ndarray, limits: tuple[float, float]) -> QIcon:
@@ -88,6 +94,7 @@ class StudyBrowser(QWidget):
         self._layers: list = []
         self._updating = False
         self.job = Job("Open study", on_busy=self._set_busy)
+        self.job.on_cancel(self._opening_stopped)
 
         self.open_button = QPushButton("Open study folder…")
         self.open_button.setToolTip("A folder with DICOM files (any depth, with or without DICOMDIR), "
@@ -109,8 +116,11 @@ class StudyBrowser(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        # the description keeps a readable width (a narrow dock scrolls sideways rather than squeezing it)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Interactive)
         header.setMinimumSectionSize(30)
+        header.setStretchLastSection(True)
+        self.table.setColumnWidth(2, DESCRIPTION_MIN)
         self.table.setWordWrap(True)
         self.setMinimumWidth(480)
         self.table.setToolTip("Tick to show a scan; double-click to show only that scan")
@@ -119,9 +129,7 @@ class StudyBrowser(QWidget):
         self.table.cellDoubleClicked.connect(self._show_only)
 
         self.window = QComboBox()
-        for name, p in window_presets().items():
-            self.window.addItem(f"CT {name}  (W {p['width']:g} / L {p['level']:g})", name)
-        self.window.addItem(MR_AUTO, MR_AUTO)
+        self._fill_windows("CT")
         self.window.setToolTip("Window/level for the selected scans (all shown scans when none is selected)")
         self.window.activated.connect(lambda _i: self.apply_window(self.window.currentData()))
         window_row = QHBoxLayout()
@@ -147,12 +155,39 @@ class StudyBrowser(QWidget):
         self.skipped_box = skipped_box
         skipped_box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
+        self.pacs_mouse = QCheckBox("PACS mouse")
+        self.pacs_mouse.setChecked(True)
+        self.pacs_mouse.setToolTip("Wheel: next/previous slice · Ctrl+wheel: zoom · drag: window/level · "
+                                   "middle or Shift+drag: pan.\nOff: napari's own mouse (wheel zooms, drag pans).")
+        self.pacs_mouse.toggled.connect(lambda on: reading(self.viewer).set_pacs(on))
+        self.identifiers = QCheckBox("Show identifiers")
+        self.identifiers.setToolTip("Show the patient's name and ID in the header (hidden by default)")
+        self.identifiers.toggled.connect(lambda _on: self._show_header(self.study))
+        self.ruler_button = QPushButton("Ruler")
+        self.ruler_button.setToolTip("Draw a line on the slice: its length shows in mm")
+        self.ruler_button.clicked.connect(self.add_ruler)
+        self.hang_button = QPushButton("3-up")
+        self.hang_button.setToolTip("Axial here, coronal and sagittal beside it, with a linked crosshair")
+        self.hang_button.clicked.connect(self.hang_3up)
+        self.compare = QCheckBox("Compare")
+        self.compare.setToolTip("Open the next study beside this one (a prior), in its own labelled canvas, "
+                                "instead of replacing it")
+        self.compare.toggled.connect(self._compare_toggled)
+        tools = QHBoxLayout()
+        tools.addWidget(self.pacs_mouse)
+        tools.addWidget(self.compare)
+        tools.addWidget(self.ruler_button)
+        tools.addWidget(self.hang_button)
+        tools.addWidget(self.identifiers)
+        tools.addStretch(1)
+
         buttons = QHBoxLayout()
         buttons.addWidget(self.open_button)
         buttons.addWidget(self.file_button)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.addWidget(self.title)
+        layout.addLayout(tools)
         layout.addWidget(self.table, 3)
         layout.addLayout(window_row)
         layout.addLayout(plane_row)
@@ -162,6 +197,7 @@ class StudyBrowser(QWidget):
         follow(self, events.inserted, self._schedule_refresh)
         follow(self, events.removed, self._schedule_refresh)
         follow(self, self.viewer.layers.selection.events.active, self._schedule_refresh)
+        reading(self.viewer)  # one study on screen, PACS mouse, canvas texts: for File ▸ Open too
         self.refresh()
 
     # --- opening -------------------------------------------------------------------------------
@@ -179,11 +215,33 @@ class StudyBrowser(QWidget):
     def open_path(self, path: str):
         """Load the study at ``path`` in a worker, then add its scans as layers."""
         self.title.setText(f"Opening {path} …")
-        return self.job.start(load_study_job, str(path), steps=1, on_done=self.add_studies,
-                              on_error=lambda _e: self.refresh())
+        return self.job.start(load_study_job, str(path), steps=1, on_done=self._loaded,
+                              on_error=lambda e: self._opening_stopped(f"Could not open {path}: {e}"))
+
+    def _opening_stopped(self, why: str = "Opening cancelled.") -> None:
+        """Say why nothing new opened, above the study still shown (if any)."""
+        self._fill(self.study, self._layers) if self.study is not None else self.refresh()
+        shown = self.title.text() if self.study is not None else ""
+        self.title.setText(f"<span style='color:#f0b040'>{why}</span>" + (f"<br>{shown}" if shown else ""))
+
+    def _loaded(self, studies) -> None:
+        """A worker loaded ``studies``: show them without freezing the viewer (layers one per turn)."""
+        from .._layers import show_study_gradually
+
+        studies = list(studies)
+        if self.compare.isChecked() and self.study is not None and studies and studies[0] is not self.study:
+            self.add_studies(studies)
+            return
+        show_study_gradually(self.viewer, studies, lambda _added: self.refresh())
 
     def add_studies(self, studies) -> list:
-        """Add each study's scans to the viewer (first scan shown, the others ticked off)."""
+        """Show the study (first scan shown, the others ticked off), closing the one on screen; in compare
+        mode it opens beside the open study instead. Returns the layers added to the viewer."""
+        studies = list(studies)
+        if self.compare.isChecked() and self.study is not None and studies and studies[0] is not self.study:
+            self.compare_widget().show_study(studies[0])
+            self.refresh()
+            return []
         added = add_studies(self.viewer, studies)
         self.refresh()
         return added
@@ -221,10 +279,8 @@ class StudyBrowser(QWidget):
                                "▸ HLIP Explorer.")
             self.skipped_box.setTitle("Skipped while loading")
             return
-        date = study.date
-        date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 else date
-        self.title.setText(f"<b>{study.description or 'Study'}</b>  {date}  {study.modality}  "
-                           f"· {len(study.scans)} scans, {len(study.skipped)} skipped")
+        self._show_header(study)
+        self._fill_windows(study.modality)
         for layer in layers:
             self._widen_range(layer)
             scan = study.scans[layer.metadata[SCAN_KEY]]
@@ -238,7 +294,13 @@ class StudyBrowser(QWidget):
                      QTableWidgetItem(scan.description), QTableWidgetItem(scan.modality),
                      QTableWidgetItem("×".join(str(s) for s in scan.shape)),
                      QTableWidgetItem(_spacing_text(scan.spacing)), QTableWidgetItem(scan.orientation)]
-            cells[2].setToolTip(f"{layer.name}\n{scan.source}\ncontrast: {layer.metadata.get('contrast', '')}")
+            notes = scan_warnings(scan)
+            cells[2].setToolTip(f"{layer.name}\n{scan.source}\ncontrast: {layer.metadata.get('contrast', '')}"
+                                + "".join(f"\nloader: {w}" for w in notes))
+            if notes:  # the loader filled, resampled or cut this scan: say so on its row
+                cells[2].setText(scan.description + "".join(f"\n⚠ {w}" for w in notes))
+                for cell in cells:
+                    cell.setBackground(QBrush(WARNING_BRUSH))
             cells[4].setToolTip("slices x rows x columns")
             cells[5].setToolTip("slice x row x column spacing")
             for col, item in enumerate(cells):
@@ -253,8 +315,72 @@ class StudyBrowser(QWidget):
             self.skipped.setItem(row, 1, QTableWidgetItem(str(reason)))
             self.skipped.item(row, 0).setToolTip(str(item))
             self.skipped.item(row, 1).setToolTip(str(reason))
+        self.table.setColumnWidth(2, max(DESCRIPTION_MIN, min(self.table.sizeHintForColumn(2), 180)))
+        self.table.resizeRowsToContents()  # rows with loader warnings take the lines they need
+        for row in range(self.table.rowCount()):  # and every row keeps room for its thumbnail
+            self.table.setRowHeight(row, max(self.table.rowHeight(row), THUMB + 4))
         self.skipped.resizeColumnToContents(0)
         self.skipped.setColumnWidth(0, min(self.skipped.columnWidth(0), 220))
+
+    def _show_header(self, study) -> None:
+        if study is None:
+            return
+        header = study_header(study, identifiers=self.identifiers.isChecked()).replace("\n", "<br>")
+        noted = sum(1 for scan in study.scans if scan_warnings(scan))
+        extra = f", <span style='color:#f0b040'>⚠ {noted} changed by the loader</span>" if noted else ""
+        self.title.setText(f"<b>{header}</b><br>{len(study.scans)} scans, {len(study.skipped)} skipped{extra}")
+
+    def _fill_windows(self, modality: str) -> None:
+        """CT presets (HU) for CT only; MR gets its percentile auto-contrast."""
+        ct = (modality or "").upper() == "CT"
+        if getattr(self, "_windows_for", None) == ct:
+            return
+        self._windows_for = ct
+        self.window.clear()
+        if ct:
+            for name, p in window_presets().items():
+                self.window.addItem(f"CT {name}  (W {p['width']:g} / L {p['level']:g})", name)
+        self.window.addItem(MR_AUTO if not ct else "auto (0.5-99.5 %)", MR_AUTO)
+
+    def _compare_toggled(self, on: bool) -> None:
+        widget = getattr(self, "_compare", None)
+        if not on and widget is not None:  # back to one patient on screen
+            if widget.canvas.qt_viewer is not None:
+                widget.canvas.model.layers.clear()
+            widget.parentWidget().hide()
+
+    def compare_widget(self):
+        """The compare canvas, docked beside the viewer (once)."""
+        widget = getattr(self, "_compare", None)
+        if widget is None:
+            from .hanging import CompareWidget
+
+            widget = self._compare = CompareWidget(self.viewer)
+            self.viewer.window.add_dock_widget(widget, name="Compare", area="right", tabify=True)
+        widget.parentWidget().show()
+        widget.parentWidget().raise_()
+        return widget
+
+    def hang_3up(self):
+        """Dock the 3-up hanging (once); returns its widget."""
+        hanging = getattr(self, "_hanging", None)
+        if hanging is not None and hanging[1].canvases["coronal"].qt_viewer is not None:
+            hanging[0].show()
+            hanging[0].raise_()
+            return hanging[1]
+        dock, widget = self.viewer.window.add_plugin_dock_widget("hlip-napari", "3-up hanging", tabify=True)
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        dock.raise_()  # tabbed with the other docks, in front: the planes need the height
+        self._hanging = (dock, widget)
+        return widget
+
+    def add_ruler(self):
+        """A ruler layer for the open study: draw lines, each labelled with its length in mm."""
+        from .._layers import add_ruler
+
+        return add_ruler(self.viewer, open_study(self.viewer))
 
     def _show_window_of(self, layer) -> None:
         """Let the window box name the active scan's window (CT preset or MR auto)."""

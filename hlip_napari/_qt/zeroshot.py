@@ -23,21 +23,24 @@ from qtpy.QtWidgets import (
 
 from hlip_engine.zeroshot import prompt_set_names, resolve_prompt_set
 
-from .._layers import open_study_or_warn
+from .._layers import open_study_or_warn, study_label
+from .._prompts import default_prompt_set
 from .._session import MODELS
 from .jobs import Job
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
 
 FREE = "Free prompts"
+MODEL_DEFAULT = "Model's default"
 MODES = {"softmax": "One of these (softmax over classes)", "binary": "Each finding yes/no (negative | positive)"}
 FREE_EXAMPLE = "Normal: No significant abnormalities\nStroke: Acute stroke\nGlioma\nMeningioma\nMetastasis"
 FREE_TEMPLATES = "This MRI study shows: {}."
 
 
-def set_to_text(name: str) -> tuple[str, str, str]:
-    """A paper prompt set as editor text: (mode, prompt lines, template lines)."""
-    spec = resolve_prompt_set(name)
+def set_to_text(name: str | dict) -> tuple[str, str, str]:
+    """A prompt set (a paper set's name, or a spec such as a model's own) as editor text:
+    (mode, prompt lines, template lines)."""
+    spec = resolve_prompt_set(name) if isinstance(name, str) else dict(name)
     templates = spec.get("templates") or []
     if isinstance(templates, dict):  # CT-RATE: per-organ templates; the editor shows the whole-volume ones
         templates = templates.get("volume") or next(iter(templates.values()))
@@ -84,10 +87,18 @@ def parse_templates(text: str) -> list[str]:
     return templates
 
 
-def zeroshot_job(settings, study, prompts: dict, templates: list[str], mode: str, chart_width: int = 420):
-    """Worker: probabilities {class: p} for the study, and their bar chart (rendered here, off the Qt thread)."""
+def zeroshot_job(settings, study, prompts: dict | None, templates: list[str], mode: str, chart_width: int = 420):
+    """Worker: probabilities {class: p} for the study, their bar chart (rendered here, off the Qt thread), and
+    what ran: {name, why, mode, prompts, templates} (editor text) when ``prompts`` is None (the model's
+    default set for this study), else None."""
     yield "loading the model" if MODELS.peek(settings) is None else "model ready"
-    MODELS.get(settings)
+    model = MODELS.get(settings)
+    used = None
+    if prompts is None:
+        name, spec, why = default_prompt_set(model.config, study)
+        mode, prompt_text, template_text = set_to_text(spec)
+        prompts, templates = parse_prompts(prompt_text, mode), parse_templates(template_text)
+        used = {"name": name, "why": why, "mode": mode, "prompts": prompt_text, "templates": template_text}
     yield "encoding the study"
     embedding = MODELS.study_embedding(settings, study)
     yield "encoding the prompts"
@@ -104,7 +115,7 @@ def zeroshot_job(settings, study, prompts: dict, templates: list[str], mode: str
     bars = render_bars(names, list(probs.values()), width_px=chart_width,
                        highlight=names.index(best) if best is not None else None,
                        title="P(finding present)" if mode == "binary" else "Probability (sums to 100 %)")
-    return probs, bars
+    return probs, bars, used
 
 
 class ZeroShotWidget(QWidget):
@@ -118,9 +129,12 @@ class ZeroShotWidget(QWidget):
         self.model_box = ModelBox()
 
         self.prompt_set = QComboBox()
+        self.prompt_set.addItem(MODEL_DEFAULT)
         self.prompt_set.addItem(FREE)
         self.prompt_set.addItems(prompt_set_names())
-        self.prompt_set.setToolTip("Prompt sets of the HLIP paper fill the editors below; edit them freely")
+        self.prompt_set.setToolTip("Model's default: the set the model's config names (the demo model: its own "
+                                   "five findings), else one that fits the study (CT or MR).\n"
+                                   "Prompt sets of the HLIP paper fill the editors below; edit them freely")
         self.prompt_set.currentTextChanged.connect(self.use_prompt_set)
         self.mode = QComboBox()
         for key, label in MODES.items():
@@ -144,6 +158,9 @@ class ZeroShotWidget(QWidget):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.job.on_cancel(lambda: self.status.setText("Cancelled."))
+        self.for_study = QLabel("")
+        self.for_study.setWordWrap(True)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(("Finding", "Probability"))
         self.table.verticalHeader().setVisible(False)
@@ -158,11 +175,18 @@ class ZeroShotWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
+        layout.addWidget(self.for_study)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.chart, 1)
+        self.use_prompt_set(MODEL_DEFAULT)
 
     def use_prompt_set(self, name: str) -> None:
         if name == FREE:
+            return
+        if name == MODEL_DEFAULT:
+            self.prompts.setPlaceholderText("filled in from the model's default prompt set when you classify")
+            self.prompts.setPlainText("")
+            self.templates.setPlainText("")
             return
         mode, prompts, templates = set_to_text(name)
         self.mode.setCurrentIndex(self.mode.findData(mode))
@@ -177,20 +201,34 @@ class ZeroShotWidget(QWidget):
         if study is None:
             return None
         mode = self.mode.currentData()
-        try:
-            prompts = parse_prompts(self.prompts.toPlainText(), mode)
-            templates = parse_templates(self.templates.toPlainText())
-        except ValueError as e:
-            show_warning(f"{e}")
-            return None
-        self.status.setText(f"Classifying “{study.description or study.uid}” …")
-        self._mode = mode
+        prompts, templates = None, []
+        if self.prompt_set.currentText() != MODEL_DEFAULT:
+            try:
+                prompts = parse_prompts(self.prompts.toPlainText(), mode)
+                templates = parse_templates(self.templates.toPlainText())
+            except ValueError as e:
+                show_warning(f"{e}")
+                return None
+        self.status.setText(f"Classifying {study_label(study)} “{study.description or study.uid}” …")
+        self._mode, self._study = mode, study
+        self.for_study.setText("")
         return self.job.start(zeroshot_job, self.model_box.settings(), study, prompts, templates, mode,
                               self.chart.render_width(), steps=4, on_done=lambda r: self.show_results(*r),
                               on_error=lambda _e: self.status.setText("Zero-shot failed (see the notification)."))
 
-    def show_results(self, probs: dict[str, float], bars) -> None:
+    def show_results(self, probs: dict[str, float], bars, used: dict | None = None) -> None:
         self.results = dict(probs)
+        self.used = used
+        if used is not None:  # the model's default set: show exactly what ran, ready to edit
+            self._mode = used["mode"]
+            self.mode.setCurrentIndex(self.mode.findData(used["mode"]))
+            self.prompts.setPlainText(used["prompts"])
+            self.templates.setPlainText(used["templates"])
+        study = getattr(self, "_study", None)
+        if study is not None:
+            which = f" · prompt set {used['name']} ({used['why']})" if used else ""
+            self.for_study.setText(f"<b>Results for {study_label(study)} · {study.description or study.uid}</b>"
+                                   f"{which}")
         self.table.setRowCount(len(probs))
         best = max(probs, key=probs.get) if probs else None
         for r, (name, p) in enumerate(probs.items()):

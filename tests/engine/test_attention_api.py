@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hlip_engine.relevance import Relevance, relevance
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.io.sample_studies import reformat
 from hlip_engine.model import create_model
+from hlip_engine.relevance import Relevance, relevance
 from hlip_engine.relevance.export import LPS_TO_RAS, export
 from hlip_engine.study import Scan, Study
 

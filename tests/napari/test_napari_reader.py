@@ -50,7 +50,8 @@ def test_two_orientation_study_lands_in_the_same_place(tmp_path, make_napari_vie
     # a head CT opens in the brain window (W80/L40), with HU metadata attached
     assert tuple(sag.contrast_limits) == window_limits("Brain") == (0.0, 80.0)
     assert sag.metadata["modality"] == "CT" and sag.metadata["series_number"] == 3
-    assert sag.metadata["series_description"] == "HEAD SAG" and sag.name == "3 HEAD SAG"
+    assert sag.metadata["series_description"] == "HEAD SAG" and sag.name == "2024-01-02 CT · 3 HEAD SAG"
+    assert all(layer.metadata["study_uid"] and layer.metadata["series_uid"] for layer in layers)
     assert [layer.visible for layer in layers] == [True, False]  # one scan at a time: they overlap
 
 

@@ -1,0 +1,96 @@
+"""Reports beside an index: ``hlip index build --reports FILE`` records each study's impression, so a search
+hit can be judged before it is opened (the GUI's table, ``hlip search --json``'s ``impression`` field).
+
+The file is what ``training.prepare --reports`` takes: JSON ``{study: text}`` or a CSV with an id column
+(study_uid / uid / folder / accession ..., else the first) and a text column (report / impression /
+findings / text, else the last). A study is matched by its StudyInstanceUID, then its folder's name.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+ID_COLUMNS = ("study_uid", "study_id", "studyinstanceuid", "uid", "folder", "accession", "accessionnumber", "id")
+TEXT_COLUMNS = ("impression", "report", "findings", "text", "report_text")
+MAX_CHARS = 400  # what a table row and a JSON hit carry; the full report stays in the reports file
+_SECTION = re.compile(r"\b(impression|conclusion|opinion|summary)\s*:\s*", re.IGNORECASE)
+_NEXT = re.compile(r"\b(recommendation|recommendations|findings|technique|comparison|history)\s*:", re.IGNORECASE)
+
+
+def impression_of(report: str) -> str:
+    """The report's IMPRESSION (or CONCLUSION) section, else the whole text; one line, at most MAX_CHARS."""
+    text = " ".join(str(report).split())
+    found = _SECTION.search(text)
+    if found:
+        text = text[found.end():]
+        stop = _NEXT.search(text)
+        text = text[:stop.start()] if stop else text
+    text = text.strip()
+    return text if len(text) <= MAX_CHARS else text[:MAX_CHARS - 1].rstrip() + "…"
+
+
+def read_impressions(path: str | Path) -> dict[str, str]:
+    """{study key: impression}; raises ValueError naming the file when it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: reports file not found")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected an object {{study: report}}")
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = value.get("impression") or value.get("report") or ""
+            if isinstance(value, list):
+                value = " ".join(str(v) for v in value)
+            if value:
+                out[str(key)] = impression_of(str(value))
+        return out
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        sample = f.read(4096)
+        f.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.DictReader(f, dialect=dialect)
+        header = reader.fieldnames or []
+        if len(header) < 2:
+            raise ValueError(f"{path}: a reports CSV needs an id column and a text column, got {header}")
+        lower = {h.lower().strip(): h for h in header}
+        id_col = next((lower[c] for c in ID_COLUMNS if c in lower), header[0])
+        text_col = next((lower[c] for c in TEXT_COLUMNS if c in lower), header[-1])
+        joined: dict[str, str] = {}
+        for row in reader:
+            key, text = (row.get(id_col) or "").strip(), (row.get(text_col) or "").strip()
+            if key and text:
+                joined[key] = f"{joined[key]} {text}" if key in joined else text
+    return {k: impression_of(v) for k, v in joined.items()}
+
+
+def match_impression(impressions: dict[str, str], meta: dict) -> str:
+    """The impression of the study ``meta`` describes (by StudyInstanceUID, then folder name); "" if none."""
+    folder = Path(str(meta.get("path", "")))
+    for key in (meta.get("study_uid"), folder.name, folder.stem):
+        if key and key in impressions:
+            return impressions[key]
+    return ""
+
+
+def demographics(patient, study_date: str) -> dict:
+    """Age at the study in whole years (90 and over as 90, as HIPAA's Safe Harbor asks): what a hit shows.
+
+    Sex stays out: the index's identifier policy (metadata.IDENTIFIER_KEYS) drops it unless the build keeps
+    identifiers, and then it is stored as ``patient_sex``."""
+    born = getattr(patient, "birth_date", "") or ""
+    study_date = str(study_date or "")
+    if not (len(born) == 8 and born.isdigit() and len(study_date) == 8 and study_date.isdigit()):
+        return {}
+    years = int(study_date[:4]) - int(born[:4]) - (1 if study_date[4:] < born[4:] else 0)
+    return {"age": min(years, 90)} if years >= 0 else {}

@@ -1,0 +1,300 @@
+"""3-up hanging: the viewer shows the axial plane, this dock the coronal and sagittal ones, with a linked
+crosshair. A click in any plane moves the other two to that point in patient space; scrolling one plane
+moves its line in the others. Each plane shows the study's own series in that plane when there is one
+(an acquired sagittal in the sagittal canvas), else the scan on screen, reformatted.
+
+Why docked canvases and not napari's multi-canvas: napari 0.9 has one canvas and one camera per viewer
+(its grid mode tiles layers, not planes), so each extra plane is its own ``ViewerModel`` drawn by its own
+``QtViewer`` canvas, holding copies of the layers that share the voxel arrays (no copy of the data).
+The same :class:`PlaneCanvas` shows a prior study side by side in compare mode.
+"""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from .._layers import KIND_KEY, PLANES, SCAN_KEY, UNITS, open_study, show_plane, study_label, study_of
+from .._reading import reading, unwrap
+from .jobs import follow
+
+SIDE_PLANES = ("coronal", "sagittal")
+CROSS_COLOR = "#4fc3f7"
+
+
+def copy_layer(layer):
+    """A layer for another canvas: the same voxels (shared), placement, contrast and metadata."""
+    from napari.layers import Image
+
+    return Image(layer.data, affine=np.asarray(layer.affine.affine_matrix), name=layer.name,
+                 contrast_limits=tuple(layer.contrast_limits), colormap=layer.colormap, opacity=layer.opacity,
+                 blending=layer.blending, visible=layer.visible, metadata=dict(layer.metadata), units=UNITS,
+                 interpolation2d=layer.interpolation2d)
+
+
+def plane_layers(layers, plane: str) -> list:
+    """Which scan each plane shows: the series acquired in that plane if the study has one, else the one on
+    screen (the first visible scan). Relevance overlays follow their scan."""
+    scans = [layer for layer in layers if layer.metadata.get(KIND_KEY) == "scan"]
+    if not scans:
+        return []
+    native = [layer for layer in scans if layer.metadata.get("orientation") == plane]
+    shown = next((layer for layer in scans if layer.visible), scans[0])
+    pick = native[0] if native and not (shown.metadata.get("orientation") == plane) else shown
+    k = pick.metadata.get(SCAN_KEY)
+    overlays = [layer for layer in layers if layer.metadata.get(KIND_KEY) == "relevance"
+                and layer.metadata.get(SCAN_KEY) == k]
+    return [pick, *overlays]
+
+
+class PlaneCanvas(QWidget):
+    """One more canvas: its own ViewerModel and QtViewer, a title, the plugin's reading controls."""
+
+    def __init__(self, title: str, parent=None):
+        super().__init__(parent)
+        from napari._qt.qt_viewer import QtViewer
+        from napari.components import ViewerModel
+
+        self.model = ViewerModel(title=title)
+        self.qt_viewer = QtViewer(self.model)
+        self.qt_viewer.setParent(self)  # deleted with this widget; only its canvas is laid out
+        self.qt_viewer.hide()
+        self.title = QLabel(title)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.title)
+        layout.addWidget(self.qt_viewer.canvas.native, 1)
+        self.sources: list = []
+
+    def show_layers(self, layers, plane: str) -> None:
+        """Replace this canvas's layers by copies of ``layers``, hung in ``plane``."""
+        self.model.layers.clear()
+        self.sources = list(layers)
+        for layer in layers:
+            copy = copy_layer(layer)
+            copy.visible = True  # the plane's own series, even when hidden in the viewer
+            self.model.add_layer(copy)
+        if self.model.layers:
+            state = reading(self.model)
+            state.compact = True  # the title says whose; the corner says where
+            state._refresh()
+            show_plane(self.model, plane)
+            study = study_of(layers[0])
+            self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study)} · "
+                               f"{layers[0].name.split(' · ', 1)[-1]}")
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        if self.model.layers:
+            self.model.reset_view()  # frame the study in the size the dock finally got
+
+    def close_canvas(self) -> None:
+        """Free the canvas now (napari counts live QtViewers; a closed dock must not keep one)."""
+        if self.qt_viewer is None:
+            return
+        self.model.layers.clear()
+        qt_viewer, self.qt_viewer = self.qt_viewer, None
+        qt_viewer.close()
+        qt_viewer.setParent(None)
+        qt_viewer.deleteLater()
+
+
+class HangingWidget(QWidget):
+    """Docked coronal + sagittal planes linked to the viewer's axial plane. ``napari_viewer`` is injected."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = unwrap(napari_viewer)
+        self.point: np.ndarray | None = None  # the crosshair, world (S, P, L) mm
+        self.canvases = {plane: PlaneCanvas(plane.capitalize(), self) for plane in SIDE_PLANES}
+        self._syncing = False
+        self._pending = False
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        hint = QLabel("Click a point in any plane: the others move there. The main canvas is axial.")
+        hint.setWordWrap(True)
+        layout.addWidget(hint)
+        for canvas in self.canvases.values():
+            layout.addWidget(canvas, 1)
+        self.setMinimumWidth(360)
+        follow(self, self.viewer.layers.events.inserted, self._schedule)
+        follow(self, self.viewer.layers.events.removed, self._schedule)
+        follow(self, self.viewer.dims.events.point, self._scrolled)
+        self.viewer.mouse_drag_callbacks.append(self._click)
+        for canvas in self.canvases.values():
+            canvas.model.mouse_drag_callbacks.append(self._click)
+            canvas.model.dims.events.point.connect(self._scrolled)
+        self._watched: set[int] = set()
+        self.destroyed.connect(lambda *_: self._detach())
+        self.rebuild()
+
+    # --- the viewers this widget links ---------------------------------------------------------------
+    def viewers(self) -> dict:
+        return {"axial": self.viewer, **{p: c.model for p, c in self.canvases.items()}}
+
+    def _detach(self) -> None:
+        try:
+            self.viewer.mouse_drag_callbacks.remove(self._click)
+        except ValueError:
+            pass
+
+    def _schedule(self, event=None) -> None:
+        if getattr(event, "value", None) is not None and event.value.metadata.get(KIND_KEY) == "crosshair":
+            return
+        if not self._pending:
+            self._pending = True
+            QTimer.singleShot(0, self.rebuild)
+
+    def rebuild(self) -> None:
+        """Hang the open study: axial in the viewer, coronal and sagittal here, the crosshair at its centre."""
+        self._pending = False
+        study = open_study(self.viewer)
+        layers = [layer for layer in self.viewer.layers if study_of(layer) is study
+                  and layer.metadata.get(KIND_KEY) in ("scan", "relevance")] if study is not None else []
+        for plane, canvas in self.canvases.items():
+            chosen = plane_layers(layers, plane)
+            if [id(x) for x in chosen] != [id(x) for x in canvas.sources]:
+                self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
+                try:
+                    canvas.show_layers(chosen, plane)
+                finally:
+                    self._syncing = False
+                for source, copy in zip(chosen, canvas.model.layers):
+                    source.events.contrast_limits.connect(
+                        lambda _e, s=source, c=copy: setattr(c, "contrast_limits", s.contrast_limits))
+        for layer in layers:  # showing another series in the viewer re-hangs the planes
+            if id(layer) not in self._watched:
+                self._watched.add(id(layer))
+                follow(self, layer.events.visible, self._schedule)
+        if not layers:
+            return
+        if tuple(self.viewer.dims.order) != PLANES["axial"][0]:
+            show_plane(self.viewer, "axial")
+        if self.point is None or study is not getattr(self, "_study", None):
+            self._study = study
+            self.set_point(np.asarray(self.viewer.dims.point, dtype=float))
+
+    # --- the crosshair -------------------------------------------------------------------------------
+    def _click(self, viewer, event):
+        """A click (press and release without moving) sets the crosshair where it lands."""
+        if event.button != 1 or viewer.dims.ndisplay != 2:
+            return
+        start = np.asarray(event.pos, dtype=float)
+        moved = False
+        yield
+        while event.type == "mouse_move":
+            moved = moved or float(np.abs(np.asarray(event.pos, dtype=float) - start).max()) > 3
+            yield
+        if not moved:
+            self.set_point(np.asarray(event.position, dtype=float)[-3:])
+
+    def _scrolled(self, event=None) -> None:
+        """A plane scrolled (wheel, slider): its slice position moves the line the others show."""
+        if self._syncing or self.point is None:
+            return
+        for viewer in self.viewers().values():
+            if viewer.dims.ndim == 3:
+                axis = int(viewer.dims.order[0])
+                value = float(viewer.dims.point[axis])
+                if not np.isclose(value, self.point[axis]):
+                    point = self.point.copy()
+                    point[axis] = value
+                    self.set_point(point)
+                    return
+
+    def set_point(self, point) -> None:
+        """Move every plane to ``point`` (world S, P, L mm) and draw the crosshair there."""
+        point = np.asarray(point, dtype=float)[-3:]
+        scans = [x for x in self.viewer.layers if x.metadata.get(KIND_KEY) == "scan"]
+        if scans:  # a click beside the image: the nearest point of the study
+            lo = np.min([np.asarray(x.extent.world)[0, -3:] for x in scans], axis=0)
+            hi = np.max([np.asarray(x.extent.world)[1, -3:] for x in scans], axis=0)
+            point = np.clip(point, lo, hi)
+        self.point = point
+        self._syncing = True
+        try:
+            for viewer in self.viewers().values():
+                if viewer.dims.ndim != 3:
+                    continue
+                axis = int(viewer.dims.order[0])
+                viewer.dims.set_point(axis, float(self.point[axis]))
+                self._draw(viewer)
+                # a new or moved crosshair changes the layers' extent, and napari then snaps the slider to
+                # its world grid: put it back on the point
+                viewer.dims.set_point(axis, float(self.point[axis]))
+        finally:
+            self._syncing = False
+
+    def _draw(self, viewer) -> None:
+        """Two lines through the crosshair, across the plane the viewer shows, on its current slice."""
+        layer = next((x for x in viewer.layers if x.metadata.get(KIND_KEY) == "crosshair"), None)
+        extent = np.asarray(viewer.layers.extent.world, dtype=float)[:, -3:]
+        order = [int(a) for a in viewer.dims.order]
+        v_axis, h_axis = order[-2], order[-1]
+        p = self.point.copy()
+        lines = []
+        for axis in (v_axis, h_axis):
+            a, b = p.copy(), p.copy()
+            a[axis], b[axis] = extent[0, axis], extent[1, axis]
+            lines.append(np.stack([a, b]))
+        if layer is None:
+            active = viewer.layers.selection.active
+            study = study_of(active) if active is not None else None
+            metadata = {KIND_KEY: "crosshair"}
+            if study is None:
+                study = next((study_of(x) for x in viewer.layers if study_of(x) is not None), None)
+            if study is not None:
+                from .._layers import STUDY_KEY
+
+                metadata.update({STUDY_KEY: study, "study_uid": study.uid, "series_uid": "",
+                                 "study_label": study_label(study)})
+            name = f"{study_label(study)} · crosshair" if study is not None else "crosshair"
+            width = float(np.max(extent[1] - extent[0])) / 400  # a thin line whatever the field of view
+            layer = viewer.add_shapes(lines, shape_type="line", edge_color=CROSS_COLOR, edge_width=width,
+                                      opacity=0.8, name=name, metadata=metadata, units=UNITS)
+            if active is not None:
+                viewer.layers.selection.active = active
+        else:
+            layer.data = lines
+
+    def close_canvases(self) -> None:
+        self._syncing, self.point = True, None  # closing: nothing to follow any more
+        self._detach()
+        for canvas in self.canvases.values():
+            canvas.close_canvas()
+
+
+
+class CompareWidget(QWidget):
+    """Compare mode: a second study (a prior) in its own canvas beside the one on screen, each labelled
+    (the canvas title and its corner text name the study; the viewer's corner names the other)."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = unwrap(napari_viewer)
+        self.study = None
+        self.canvas = PlaneCanvas("Compare", self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.canvas, 1)
+        self.setMinimumWidth(360)
+
+    def show_study(self, study) -> list:
+        """Show ``study`` here (its first scan; the others hidden), in the plane the viewer shows."""
+        from napari.layers import Image
+
+        from .._layers import study_layer_data
+
+        model = self.canvas.model
+        model.layers.clear()
+        self.study = study
+        layers = [model.add_layer(Image(data, **kwargs)) for data, kwargs, _kind in study_layer_data(study)]
+        order = tuple(self.viewer.dims.order)
+        plane = next((p for p, (o, _c) in PLANES.items() if o == order), "axial")
+        reading(model)
+        show_plane(model, plane)
+        self.canvas.title.setText(f"<b>Compare</b> · {study_label(study)} · {study.description or study.uid}")
+        return layers
+
+    def close_canvases(self) -> None:
+        self.canvas.close_canvas()

@@ -1,0 +1,292 @@
+"""Reading a study as in a PACS viewer: one patient on screen, the wheel steps slices, a drag windows.
+
+``reading(viewer)`` returns the viewer's :class:`Reading` (made once): it closes the previous study when
+another one's layers arrive, turns the PACS mouse mode on for the plugin's layers, and draws the corner
+texts a radiologist reads by (study label, "Im 15/30" with the slice position in mm, W/L, orientation
+letters on the edges). Nothing here knows Qt widgets; napari's own overlays draw the text.
+
+Mouse in PACS mode (2-D views): wheel = next/previous slice of the shown scan, Ctrl+wheel = zoom,
+left drag = window (horizontal: width, vertical: level), middle or Shift+left drag = pan. Off, napari's
+own controls come back (wheel zooms, drag pans, Ctrl+wheel steps the world grid).
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from ._layers import KIND_KEY, close_other_studies, study_label, study_of
+
+# world axis -> (letter at its low end, letter at its high end); world = (S, P, L) as in _layers
+LETTERS = {0: ("I", "S"), 1: ("A", "P"), 2: ("R", "L")}
+AXIS_NAMES = {0: "S", 1: "P", 2: "L"}  # the sign convention of the slice position (LPS, as DICOM)
+EDGES = {"top": "top_center", "bottom": "bottom_center", "left": "middle_left", "right": "middle_right"}
+ZOOM_STEP = 1.15  # per wheel notch with Ctrl
+WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
+OVERLAY_PREFIX = "hlip_"
+
+_READINGS: dict[int, tuple[weakref.ref, Reading]] = {}
+
+
+def reading(viewer) -> Reading:
+    """The viewer's reading state, installed on first use."""
+    viewer = unwrap(viewer)
+    key = id(viewer)
+    found = _READINGS.get(key)
+    if found is not None and found[0]() is viewer:
+        return found[1]
+    state = Reading(viewer)
+    _READINGS[key] = (weakref.ref(viewer), state)
+    return state
+
+
+def unwrap(viewer):
+    """The viewer itself: npe2 hands widgets a proxy of it, whose identity differs from the viewer's."""
+    seen = 0
+    while hasattr(viewer, "__wrapped__") and seen < 5:
+        viewer, seen = viewer.__wrapped__, seen + 1
+    return viewer
+
+
+def camera(viewer):
+    """The 2-D/3-D camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def guard_one_study(viewer) -> Reading:
+    return reading(viewer)
+
+
+def edge_letters(order, orientation2d) -> dict[str, str]:
+    """Which patient direction each canvas edge shows, for a dims order and a 2-D camera orientation."""
+    vertical, horizontal = order[-2], order[-1]
+    v_low, v_high = LETTERS[vertical]
+    h_low, h_high = LETTERS[horizontal]
+    down = orientation2d[0] == "down"  # values grow downwards: the low end is at the top
+    right = orientation2d[1] == "right"
+    return {"top": v_low if down else v_high, "bottom": v_high if down else v_low,
+            "left": h_low if right else h_high, "right": h_high if right else h_low}
+
+
+def reference_layer(viewer):
+    """The scan the reader is looking at: the active layer when it is a shown scan, else the top-most one."""
+    active = viewer.layers.selection.active
+    md = getattr(active, "metadata", None) or {}
+    if active is not None and md.get(KIND_KEY) == "scan" and active.visible:
+        return active
+    for layer in reversed(list(viewer.layers)):
+        if (layer.metadata or {}).get(KIND_KEY) == "scan" and layer.visible:
+            return layer
+    return None
+
+
+def slice_of(viewer, layer) -> tuple[int, int, float, int]:
+    """(slice number from 1, slices, position mm, world axis) of ``layer`` at the viewer's slider."""
+    axis = int(viewer.dims.order[0])
+    data = np.asarray(layer.world_to_data(np.asarray(viewer.dims.point, dtype=float)), dtype=float)
+    n = int(layer.data.shape[axis])
+    i = int(np.clip(np.round(data[axis]), 0, n - 1))
+    data[axis] = i
+    world = np.asarray(layer.data_to_world(data), dtype=float)
+    return i + 1, n, float(world[axis]), axis
+
+
+class Reading:
+    """One viewer's reading state: the one-study guard, the PACS mouse mode, the canvas texts."""
+
+    def __init__(self, viewer):
+        self._viewer = weakref.ref(viewer)
+        self.pacs = False
+        self.compact = False  # small canvases (3-up planes): slice and window only, smaller letters
+        self._saved_wheel: list = []
+        self._overlays: dict[str, object] = {}
+        self._shown_for: object = None
+        viewer.layers.events.inserted.connect(self._inserted)
+        viewer.layers.events.removed.connect(self._refresh)
+        viewer.dims.events.point.connect(self._refresh)
+        viewer.dims.events.order.connect(self._refresh)
+        camera(viewer).events.orientation.connect(self._refresh)
+        viewer.layers.selection.events.active.connect(self._refresh)
+        for key, position in (("info", "top_left"), *EDGES.items()):  # made now, not while a study opens:
+            self._overlay(key, position, 10 if key == "info" else 13)  # their first draw compiles shaders
+        if any(study_of(layer) is not None for layer in viewer.layers):
+            self._first_study()
+
+    @property
+    def viewer(self):
+        return self._viewer()
+
+    # --- one patient on screen --------------------------------------------------------------------
+    def _inserted(self, event) -> None:
+        layer = event.value
+        study = study_of(layer)
+        viewer = self.viewer
+        if study is None or viewer is None:
+            return
+        close_other_studies(viewer, study)
+        self._first_study()
+        for name in ("visible", "contrast_limits"):
+            if hasattr(layer.events, name):
+                getattr(layer.events, name).connect(self._refresh)
+        self._refresh()
+
+    def _first_study(self) -> None:
+        viewer = self.viewer
+        if self._shown_for is None:  # on by default once the plugin's layers arrive; switchable after
+            self._shown_for = True
+            viewer.scale_bar.visible = True
+            self.set_pacs(True)
+        self._refresh()
+
+    # --- PACS mouse mode ----------------------------------------------------------------------------
+    def set_pacs(self, on: bool) -> None:
+        viewer = self.viewer
+        if viewer is None or on == self.pacs:
+            return
+        self.pacs = on
+        camera(viewer).mouse_zoom = not on
+        camera(viewer).mouse_pan = not on
+        if on:
+            from napari.components._viewer_mouse_bindings import dims_scroll
+
+            self._saved_wheel = [cb for cb in viewer.mouse_wheel_callbacks if cb is dims_scroll]
+            for cb in self._saved_wheel:
+                viewer.mouse_wheel_callbacks.remove(cb)
+            viewer.mouse_wheel_callbacks.append(self._wheel)
+            viewer.mouse_drag_callbacks.append(self._drag)
+        else:
+            for callbacks, cb in ((viewer.mouse_wheel_callbacks, self._wheel),
+                                  (viewer.mouse_drag_callbacks, self._drag)):
+                if cb in callbacks:
+                    callbacks.remove(cb)
+            viewer.mouse_wheel_callbacks.extend(self._saved_wheel)
+            self._saved_wheel = []
+
+    def _free_hand(self, viewer) -> bool:
+        """Our mouse controls act only when no layer tool (drawing a ruler, painting) wants the mouse."""
+        active = viewer.layers.selection.active
+        return active is None or getattr(active, "mode", "pan_zoom") == "pan_zoom"
+
+    def _wheel(self, viewer, event) -> None:
+        delta = float(event.delta[1]) if len(event.delta) > 1 else 0.0
+        if delta == 0:
+            return
+        if "Control" in event.modifiers or viewer.dims.ndisplay == 3:
+            camera(viewer).zoom *= ZOOM_STEP if delta > 0 else 1 / ZOOM_STEP
+        else:
+            self.step(-1 if delta > 0 else 1)  # wheel towards the screen = the next image, as in PACS
+        event.handled = True
+
+    def step(self, n: int) -> None:
+        """Move ``n`` slices of the shown scan (its own slices, not napari's world grid)."""
+        viewer = self.viewer
+        layer = reference_layer(viewer)
+        if layer is None or viewer.dims.ndisplay != 2:
+            return
+        axis = int(viewer.dims.order[0])
+        data = np.asarray(layer.world_to_data(np.asarray(viewer.dims.point, dtype=float)), dtype=float)
+        data[axis] = np.clip(np.round(data[axis]) + n, 0, layer.data.shape[axis] - 1)
+        world = np.asarray(layer.data_to_world(data), dtype=float)
+        viewer.dims.set_point(axis, float(world[axis]))
+
+    def _drag(self, viewer, event):
+        if viewer.dims.ndisplay != 2 or not self._free_hand(viewer):
+            return
+        pan = event.button == 3 or (event.button == 1 and "Shift" in event.modifiers)
+        layer = reference_layer(viewer)
+        if event.button != 1 and not pan:
+            return
+        if layer is None and not pan:
+            return
+        start = np.asarray(event.pos, dtype=float)
+        lo, hi = (float(v) for v in layer.contrast_limits) if layer is not None else (0.0, 1.0)
+        width0, level0 = max(hi - lo, 1e-3), (hi + lo) / 2
+        center0 = np.asarray(camera(viewer).center, dtype=float)
+        yield
+        while event.type == "mouse_move":
+            dx, dy = np.asarray(event.pos, dtype=float) - start
+            if pan:
+                self._pan(viewer, center0, dx, dy)
+            else:
+                width = max(width0 * (1 + dx * WL_RATE * 2), width0 * 0.02)
+                level = level0 + dy * width0 * WL_RATE
+                self.set_window(layer, width, level)
+            yield
+
+    @staticmethod
+    def set_window(layer, width: float, level: float) -> None:
+        lo, hi = level - width / 2, level + width / 2
+        rlo, rhi = layer.contrast_limits_range
+        layer.contrast_limits_range = (min(rlo, lo), max(rhi, hi))
+        layer.contrast_limits = (lo, hi)
+        layer.metadata["contrast"] = f"W {width:.0f} / L {level:.0f} (dragged)"
+
+    @staticmethod
+    def _pan(viewer, center0, dx: float, dy: float) -> None:
+        zoom = max(float(camera(viewer).zoom), 1e-9)
+        order = viewer.dims.order
+        vertical, horizontal = order[-2], order[-1]
+        down, right = camera(viewer).orientation2d
+        center = center0.copy()
+        n = len(center)  # napari keeps a 3-value centre; the displayed axes are the last two of the order
+        shift = {vertical: dy / zoom * (1 if down == "down" else -1),
+                 horizontal: dx / zoom * (1 if right == "right" else -1)}
+        for axis, d in shift.items():
+            idx = axis - (viewer.dims.ndim - n)
+            if 0 <= idx < n:
+                center[idx] -= d
+        camera(viewer).center = tuple(center)
+
+    # --- what the canvas says -------------------------------------------------------------------------
+    def _overlay(self, key: str, position: str, size: int = 10):
+        from napari.components.overlays import TextOverlay
+
+        viewer = self.viewer
+        name = OVERLAY_PREFIX + key
+        if name not in viewer.canvas.overlays:
+            viewer.canvas.overlays[name] = TextOverlay(text="", position=position, font_size=size, visible=True,
+                                                       color=(1.0, 0.85, 0.3, 1.0) if key in EDGES else
+                                                       (0.95, 0.95, 0.95, 1.0))
+        return viewer.canvas.overlays[name]
+
+    def texts(self) -> dict[str, str]:
+        """What each canvas text says now: ``info`` (top left), ``slice``, ``window``, and the edge letters."""
+        viewer = self.viewer
+        layer = reference_layer(viewer) if viewer is not None else None
+        if layer is None:
+            return {}
+        study = study_of(layer)
+        what = study.description if len(study.description) <= 22 else study.description[:21] + "…"
+        series = layer.name.split(" · ", 1)[-1]
+        series = series if len(series) <= 30 else series[:29] + "…"
+        out = {"info": f"{study_label(study)}  {what}\n{series}"}
+        lo, hi = (float(v) for v in layer.contrast_limits)
+        out["window"] = f"W {hi - lo:.0f}  L {(hi + lo) / 2:.0f}"
+        if viewer.dims.ndisplay == 2 and viewer.dims.ndim == 3:
+            i, n, pos, axis = slice_of(viewer, layer)
+            out["slice"] = f"Im {i}/{n}   {AXIS_NAMES[axis]} {pos:.1f} mm"
+            out.update(edge_letters(viewer.dims.order, camera(viewer).orientation2d))
+        return out
+
+    def _refresh(self, *_args) -> None:
+        viewer = self.viewer
+        if viewer is None or self._shown_for is None:
+            return
+        texts = self.texts()
+        if self.compact and "info" in texts:
+            texts["info"] = ""
+        if "slice" in texts:
+            texts["info"] += "\n" + texts.pop("slice") + "\n" + texts.pop("window")
+        elif "window" in texts:
+            texts["info"] += "\n" + texts.pop("window")
+        texts["info"] = texts.get("info", "").strip("\n")
+        small = 8 if self.compact else 10
+        for key, position in (("info", "top_left"), *EDGES.items()):
+            size = small if key == "info" else small + 3
+            overlay = self._overlay(key, position, size)
+            if overlay.font_size != size:
+                overlay.font_size = size
+            text = texts.get(key, "")
+            if overlay.text != text:
+                overlay.text = text
