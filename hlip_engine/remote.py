@@ -154,13 +154,14 @@ class RemoteRelevance:
         totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
         return order, totals
 
-    def peak(self) -> tuple[int, tuple[int, int, int]] | None:
+    def peak(self, centre_of_mass: bool = True) -> tuple[int, tuple[int, int, int]] | None:
+        from .relevance.maps import hot_spot  # torch-free: the engine's own peak rule
+
         if not self.volumes:
             return None
         order, totals = self.source_importance()
         k = order[int(np.argmax(totals))]
-        volume = self.volumes[list(self.volume_scans).index(k)]
-        return k, tuple(int(v) for v in np.unravel_index(int(np.argmax(volume)), volume.shape))
+        return k, hot_spot(self.volumes[list(self.volume_scans).index(k)], centre_of_mass)
 
     def display_volumes(self) -> list[np.ndarray]:
         top = max((float(v.max()) for v in self.volumes or [] if v.size), default=0.0)

@@ -16,27 +16,8 @@ import torch.nn.functional as F
 from .hierarchy import CLSAttentionRecorder
 from .last_block import last_block_relevance
 from .maps import Relevance, scan_volumes
+from .methods import check_method, default_method
 from .rollout import rollout_relevance
-
-# name -> what it computes (``relevance(..., method=NAME)``, ``hlip relevance --method NAME``, the widget)
-METHODS = {
-    "last-block": "the official HLIP method: grad x attention of the last block's CLS row (exact, O(tokens))",
-    "rollout": "Chefer et al. 2021: grad x attention rolled out over every block, CLS copies per unit",
-}
-DEFAULT_METHOD = "last-block"
-
-
-def default_method(model) -> str:
-    """The model's own choice (``relevance.method`` in its config, set where a method won on validation
-    data), else the official last-block method (so official checkpoints get the official maps)."""
-    method = ((getattr(model, "config", None) or {}).get("relevance") or {}).get("method") or DEFAULT_METHOD
-    return check_method(method)
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown relevance method {method!r}; known: {', '.join(METHODS)}")
-    return method
 
 
 def prompt_embedding(model, prompt: str | Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:

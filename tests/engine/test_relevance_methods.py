@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_attention_exact import tiny
 
 from hlip_engine.model.vit import TokenLayout, regroup
-from hlip_engine.relevance.api import METHODS, check_method, default_method
+from hlip_engine.relevance.methods import METHODS, check_method, default_method
 from hlip_engine.relevance.rollout import _AttentionTape, rollout_relevance
 
 torch.set_num_threads(1)
