@@ -148,11 +148,9 @@ class RemoteRelevance:
         return [int(np.argmax(p)) if p.size else 0 for p in self.volume_slice_profiles()]
 
     def source_importance(self) -> tuple[list[int], np.ndarray]:
-        importance = np.asarray(self.scan_importance, dtype=np.float64)
-        sources = list(self.scan_indices) if self.scan_indices is not None else list(range(len(importance)))
-        order = list(dict.fromkeys(int(k) for k in sources))
-        totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
-        return order, totals
+        from .relevance.maps import source_importance  # torch-free: the engine's own rule
+
+        return source_importance(self.scan_importance, self.scan_indices)
 
     def peak(self, centre_of_mass: bool = True) -> tuple[int, tuple[int, int, int]] | None:
         from .relevance.maps import hot_spot  # torch-free: the engine's own peak rule

@@ -9,10 +9,10 @@ Keys are matched against the study uid, then the study's folder name, then its p
 """
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
+
+from hlip_engine.index.reports import reports_csv, reports_json
 
 ID_COLUMNS = ("study_uid", "study_id", "studyinstanceuid", "uid", "folder", "accession", "accessionnumber", "id")
 TEXT_COLUMNS = ("report", "findings", "impression", "text", "report_text")
@@ -33,15 +33,8 @@ def _pick(header: list[str], wanted: tuple[str, ...], given: str, fallback: int,
 def read_reports(path: str | Path, *, id_column: str = "", text_column: str = "") -> dict[str, list[str] | str]:
     """{key: report text or sentences}; raises ValueError naming the file when it cannot be used."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: reports file not found")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected an object {{study: report}}")
+    data = reports_json(path)  # None for a CSV
+    if data is not None:
         out = {}
         for key, value in data.items():
             if isinstance(value, dict):
@@ -51,16 +44,7 @@ def read_reports(path: str | Path, *, id_column: str = "", text_column: str = ""
             out[str(key)] = value
         return out
     with open(path, newline="", encoding="utf-8-sig") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        reader = csv.DictReader(f, dialect=dialect)
-        header = reader.fieldnames or []
-        if len(header) < 2:
-            raise ValueError(f"{path}: a reports CSV needs an id column and a text column, got {header}")
+        reader, header = reports_csv(f, path)
         id_col = _pick(header, ID_COLUMNS, id_column, 0, "id", path)
         text_col = _pick(header, TEXT_COLUMNS, text_column, -1, "text", path)
         out: dict[str, str] = {}

@@ -19,6 +19,37 @@ _SECTION = re.compile(r"\b(impression|conclusion|opinion|summary)\s*:\s*", re.IG
 _NEXT = re.compile(r"\b(recommendation|recommendations|findings|technique|comparison|history)\s*:", re.IGNORECASE)
 
 
+def reports_json(path: Path) -> dict | None:
+    """A reports file -> its JSON object ``{study: report}``, or None when it is a CSV; FileNotFoundError /
+    ValueError naming the file otherwise (also what ``training.prepare --reports`` reads)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: reports file not found")
+    if Path(path).suffix.lower() != ".json":
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object {{study: report}}")
+    return data
+
+
+def reports_csv(f, path) -> tuple[csv.DictReader, list[str]]:
+    """An open reports CSV (any of , ; tab) -> (its rows as dicts, its header); it needs two columns or more."""
+    sample = f.read(4096)
+    f.seek(0)
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(f, dialect=dialect)
+    header = reader.fieldnames or []
+    if len(header) < 2:
+        raise ValueError(f"{path}: a reports CSV needs an id column and a text column, got {header}")
+    return reader, header
+
+
 def impression_of(report: str) -> str:
     """The report's IMPRESSION (or CONCLUSION) section, else the whole text; one line, at most MAX_CHARS."""
     text = " ".join(str(report).split())
@@ -34,15 +65,8 @@ def impression_of(report: str) -> str:
 def read_impressions(path: str | Path) -> dict[str, str]:
     """{study key: impression}; raises ValueError naming the file when it cannot be used."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: reports file not found")
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected an object {{study: report}}")
+    data = reports_json(path)  # None for a CSV
+    if data is not None:
         out = {}
         for key, value in data.items():
             if isinstance(value, dict):
@@ -53,16 +77,7 @@ def read_impressions(path: str | Path) -> dict[str, str]:
                 out[str(key)] = impression_of(str(value))
         return out
     with open(path, newline="", encoding="utf-8-sig") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        reader = csv.DictReader(f, dialect=dialect)
-        header = reader.fieldnames or []
-        if len(header) < 2:
-            raise ValueError(f"{path}: a reports CSV needs an id column and a text column, got {header}")
+        reader, header = reports_csv(f, path)
         lower = {h.lower().strip(): h for h in header}
         id_col = next((lower[c] for c in ID_COLUMNS if c in lower), header[0])
         text_col = next((lower[c] for c in TEXT_COLUMNS if c in lower), header[-1])

@@ -89,11 +89,7 @@ class Relevance:
     def source_importance(self) -> tuple[list[int], np.ndarray]:
         """(source scans in first-use order, their share of the relevance): the model scans of one source
         are summed (head CT: one series is three windows). What the plugin charts and ranks by."""
-        importance = np.asarray(self.scan_importance, dtype=np.float64)
-        sources = list(self.scan_indices) if self.scan_indices is not None else list(range(len(importance)))
-        order = list(dict.fromkeys(int(k) for k in sources))
-        totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
-        return order, totals
+        return source_importance(self.scan_importance, self.scan_indices)
 
     def peak(self, centre_of_mass: bool = True) -> tuple[int, tuple[int, int, int]] | None:
         """(source scan k, voxel (slice, row, column)) of the hot spot on the most important source scan:
@@ -147,6 +143,15 @@ class Relevance:
                 out["peak"] = {"scan": found[0], "voxel": list(found[1])}
         out.update(self.meta)
         return out
+
+
+def source_importance(scan_importance, scan_indices) -> tuple[list[int], np.ndarray]:
+    """Per source scan (first-use order) the summed share of its model scans; see ``Relevance``."""
+    importance = np.asarray(scan_importance, dtype=np.float64)
+    sources = list(scan_indices) if scan_indices is not None else list(range(len(importance)))
+    order = list(dict.fromkeys(int(k) for k in sources))
+    totals = np.array([importance[[i for i, k in enumerate(sources) if int(k) == s]].sum() for s in order])
+    return order, totals
 
 
 def hot_spot(volume: np.ndarray, centre_of_mass: bool = True) -> tuple[int, int, int]:

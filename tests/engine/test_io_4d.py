@@ -58,6 +58,16 @@ def _write_classic(root: Path, vols, per_volume, *, description: str, series_num
             ds.save_as(path)
 
 
+def assert_dwi_like_dcm2niix(study, tmp_path: Path, bvals) -> None:
+    """dcm2niix converts tmp_path/dcm to one 4-D series with these b-values, and each of our DWI scans is the
+    mean of its b-value's volumes."""
+    (nii,) = run_dcm2niix(tmp_path / "dcm", tmp_path / "nii")
+    found = np.loadtxt(nii.with_suffix(".bval"))
+    assert sorted(found) == sorted(bvals)
+    for scan in study.scans:
+        assert agree_with_nifti(scan, nii, np.nonzero(found == scan.attributes["DiffusionBValue"])[0]) < 1e-6
+
+
 # --- classic DWI -------------------------------------------------------------------------------------
 BVALS = [0, 0] + [500] * 6 + [1000] * 6 + [2000] * 6
 DIRS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.7071, 0.7071, 0), (0, 0.7071, 0.7071), (0.7071, 0, 0.7071)]
@@ -109,11 +119,7 @@ def test_classic_dwi_gives_one_trace_per_b_value(tmp_path, vendor):
         np.testing.assert_allclose(scan.voxels, expected, rtol=1e-5)
         np.testing.assert_allclose(scan.affine, _affine(), atol=1e-5)
     if vendor in ("standard", "Siemens"):  # dcm2niix reads b-values from these tags in classic files
-        (nii,) = run_dcm2niix(tmp_path / "dcm", tmp_path / "nii")
-        found = np.loadtxt(nii.with_suffix(".bval"))
-        assert sorted(found) == sorted(BVALS)
-        for scan in study.scans:
-            assert agree_with_nifti(scan, nii, np.nonzero(found == scan.attributes["DiffusionBValue"])[0]) < 1e-6
+        assert_dwi_like_dcm2niix(study, tmp_path, BVALS)
 
 
 # --- multi-echo ----------------------------------------------------------------------------------------
@@ -205,11 +211,7 @@ def test_enhanced_multiframe_dwi_splits_by_its_dimension_index(tmp_path):
                                                   "DiffusionGradientOrientation"]
     np.testing.assert_allclose(b0.voxels, vols[0], rtol=1e-5)
     np.testing.assert_allclose(b1000.voxels, np.mean(vols[1:], axis=0), rtol=1e-5)
-    (nii,) = run_dcm2niix(tmp_path / "dcm", tmp_path / "nii")
-    found = np.loadtxt(nii.with_suffix(".bval"))
-    assert sorted(found) == sorted(bvals)
-    for scan in study.scans:
-        assert agree_with_nifti(scan, nii, np.nonzero(found == scan.attributes["DiffusionBValue"])[0]) < 1e-6
+    assert_dwi_like_dcm2niix(study, tmp_path, bvals)
 
 
 # --- Philips' real enhanced MPRAGE (nibabel) ----------------------------------------------------------
