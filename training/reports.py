@@ -10,49 +10,8 @@ Keys are matched against the study uid, then the study's folder name, then its p
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from hlip_engine.index.reports import reports_csv, reports_json
-
-ID_COLUMNS = ("study_uid", "study_id", "studyinstanceuid", "uid", "folder", "accession", "accessionnumber", "id")
-TEXT_COLUMNS = ("report", "findings", "impression", "text", "report_text")
-
-
-def _pick(header: list[str], wanted: tuple[str, ...], given: str, fallback: int, what: str, path: Path) -> str:
-    if given:
-        if given not in header:
-            raise ValueError(f"{path}: no {what} column {given!r} (columns: {header})")
-        return given
-    lower = {h.lower().strip(): h for h in header}
-    for w in wanted:
-        if w in lower:
-            return lower[w]
-    return header[fallback]
-
-
-def read_reports(path: str | Path, *, id_column: str = "", text_column: str = "") -> dict[str, list[str] | str]:
-    """{key: report text or sentences}; raises ValueError naming the file when it cannot be used."""
-    path = Path(path)
-    data = reports_json(path)  # None for a CSV
-    if data is not None:
-        out = {}
-        for key, value in data.items():
-            if isinstance(value, dict):
-                value = value.get("report", "")
-            if not isinstance(value, (str, list)):
-                raise ValueError(f"{path}: report of {key!r} is neither text nor a list of sentences")
-            out[str(key)] = value
-        return out
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader, header = reports_csv(f, path)
-        id_col = _pick(header, ID_COLUMNS, id_column, 0, "id", path)
-        text_col = _pick(header, TEXT_COLUMNS, text_column, -1, "text", path)
-        out: dict[str, str] = {}
-        for row in reader:
-            key, text = (row.get(id_col) or "").strip(), (row.get(text_col) or "").strip()
-            if key and text:
-                out[key] = f"{out[key]} {text}" if key in out else text
-    return out
+from hlip_engine.index.reports import ID_COLUMNS, read_reports  # noqa: F401  (one reader, in the engine)
 
 
 def match_report(reports: dict, candidates: list[str]):

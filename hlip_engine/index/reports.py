@@ -62,31 +62,59 @@ def impression_of(report: str) -> str:
     return text if len(text) <= MAX_CHARS else text[:MAX_CHARS - 1].rstrip() + "…"
 
 
-def read_impressions(path: str | Path) -> dict[str, str]:
-    """{study key: impression}; raises ValueError naming the file when it cannot be used."""
+def _pick(header: list[str], wanted: tuple[str, ...], given: str, fallback: int, what: str, path: Path) -> str:
+    if given:
+        if given not in header:
+            raise ValueError(f"{path}: no {what} column {given!r} (columns: {header})")
+        return given
+    lower = {h.lower().strip(): h for h in header}
+    for w in wanted:
+        if w in lower:
+            return lower[w]
+    return header[fallback]
+
+
+REPORT_COLUMNS = ("report", "findings", "impression", "text", "report_text")  # training: the whole report first
+
+
+def read_reports(path: str | Path, *, id_column: str = "", text_column: str = "",
+                 text_columns: tuple[str, ...] = REPORT_COLUMNS, json_keys: tuple[str, ...] = ("report",),
+                 ) -> dict[str, list[str] | str]:
+    """{key: report text or sentences} from a JSON ``{study: text | [sentences] | {key: ...}}`` or a CSV (an id
+    column and a text column, by name or by ``id_column`` / ``text_column``; rows of one key are joined).
+    Raises FileNotFoundError / ValueError naming the file when it cannot be used."""
     path = Path(path)
     data = reports_json(path)  # None for a CSV
     if data is not None:
         out = {}
         for key, value in data.items():
             if isinstance(value, dict):
-                value = value.get("impression") or value.get("report") or ""
-            if isinstance(value, list):
-                value = " ".join(str(v) for v in value)
-            if value:
-                out[str(key)] = impression_of(str(value))
+                value = next((value[k] for k in json_keys if value.get(k)), "")
+            if not isinstance(value, (str, list)):
+                raise ValueError(f"{path}: report of {key!r} is neither text nor a list of sentences")
+            out[str(key)] = value
         return out
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader, header = reports_csv(f, path)
-        lower = {h.lower().strip(): h for h in header}
-        id_col = next((lower[c] for c in ID_COLUMNS if c in lower), header[0])
-        text_col = next((lower[c] for c in TEXT_COLUMNS if c in lower), header[-1])
-        joined: dict[str, str] = {}
+        id_col = _pick(header, ID_COLUMNS, id_column, 0, "id", path)
+        text_col = _pick(header, text_columns, text_column, -1, "text", path)
+        out: dict[str, str] = {}
         for row in reader:
             key, text = (row.get(id_col) or "").strip(), (row.get(text_col) or "").strip()
             if key and text:
-                joined[key] = f"{joined[key]} {text}" if key in joined else text
-    return {k: impression_of(v) for k, v in joined.items()}
+                out[key] = f"{out[key]} {text}" if key in out else text
+    return out
+
+
+def read_impressions(path: str | Path) -> dict[str, str]:
+    """{study key: impression}; raises ValueError naming the file when it cannot be used."""
+    reports = read_reports(path, text_columns=TEXT_COLUMNS, json_keys=("impression", "report"))
+    out = {}
+    for key, value in reports.items():
+        text = " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        if text.strip():
+            out[key] = impression_of(text)
+    return out
 
 
 def match_impression(impressions: dict[str, str], meta: dict) -> str:

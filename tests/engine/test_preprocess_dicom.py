@@ -4,6 +4,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from nilearn.datasets import load_mni152_template
+from test_preprocess_ct import official_style_square_steps
 
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.preprocessing import preprocess
@@ -24,15 +25,7 @@ def official_from_dicom_folder(folder, slices, size, crop):
     lower, upper = np.percentile(arr, 0.5), np.percentile(arr, 99.5)
     arr = np.clip(arr, lower, upper)
     arr = (arr - arr.min()) / (arr.max() - arr.min() + 1e-8)
-    x = torch.from_numpy(np.ascontiguousarray(arr))[None].float()
-    _, _, h, w = x.shape
-    s = max(h, w)
-    x = torch.nn.functional.pad(x, ((s - w) // 2, s - w - (s - w) // 2, (s - h) // 2, s - h - (s - h) // 2))
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
-    x = torch.nn.functional.interpolate(x[None], size=(slices, size, size), mode="nearest-exact").squeeze(0)
-    c = (size - crop) // 2
-    x = x[:, :, c:c + crop, c:c + crop]
-    return (x - torch.as_tensor((0.485, 0.456, 0.406)).mean()) / torch.as_tensor((0.229, 0.224, 0.225)).mean()
+    return official_style_square_steps(arr, slices, size, crop)  # the grid steps, stated once
 
 
 @pytest.fixture(scope="module")
