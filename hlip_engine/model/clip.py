@@ -197,7 +197,7 @@ class HLIPModel(nn.Module):
         cfg["visual"] = self.visual.cfg.to_dict()
         cfg["text"] = {**cfg.get("text", {}), "model": self.text.name, "context_length": self.text.context_length,
                        "hf_config": self.text.hf_config()}
-        cfg["init_logit_bias"] = float(self.logit_bias) if self.logit_bias is not None else None
+        cfg["init_logit_bias"] = float(self.logit_bias.detach()) if self.logit_bias is not None else None
         return cfg
 
     def save(self, path: str | os.PathLike, *, text_weights: bool = True) -> Path:
