@@ -82,14 +82,26 @@ def reference_layer(viewer):
 
 
 def slice_of(viewer, layer) -> tuple[int, int, float, int]:
-    """(slice number from 1, slices, position mm, world axis) of ``layer`` at the viewer's slider."""
+    """(image number from 1, images, position mm, world axis) of ``layer`` at the viewer's slider.
+
+    In the series' own plane the number is the scan's own slice (as its images are numbered), even where the
+    layer's array runs the other way through patient space; in a reformatted plane it counts along the view.
+    """
+    from ._layers import SCAN_KEY, layer_view
+
     axis = int(viewer.dims.order[0])
     data = np.asarray(layer.world_to_data(np.asarray(viewer.dims.point, dtype=float)), dtype=float)
     n = int(layer.data.shape[axis])
     i = int(np.clip(np.round(data[axis]), 0, n - 1))
     data[axis] = i
     world = np.asarray(layer.data_to_world(data), dtype=float)
-    return i + 1, n, float(world[axis]), axis
+    number = i
+    study, k = study_of(layer), (layer.metadata or {}).get(SCAN_KEY)
+    if study is not None and k is not None:
+        view, _ = layer_view(study.scans[int(k)])
+        if view.axes[axis] == 0 and view.flips[axis]:  # the scan's slice axis, reversed in the layer
+            number = n - 1 - i
+    return number + 1, n, float(world[axis]), axis
 
 
 class Reading:

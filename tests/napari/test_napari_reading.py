@@ -8,9 +8,9 @@ from qtpy.QtCore import QPoint, QPointF, Qt
 from qtpy.QtGui import QMouseEvent, QWheelEvent
 from qtpy.QtWidgets import QApplication
 
-from hlip_engine.io import write_dicom_series
+from hlip_engine.io import load_study, write_dicom_series
 from hlip_napari._launch import dock_widgets, save_screenshot
-from hlip_napari._layers import add_ruler, scan_layers, show_plane, study_label
+from hlip_napari._layers import add_ruler, add_studies, scan_layers, show_plane, study_label
 from hlip_napari._reading import camera, edge_letters, reading, slice_of
 
 
@@ -238,3 +238,27 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
     save_screenshot(viewer, screenshot_dir / "hanging_3up_crosshair.png")
     hanging.close_canvases()
     qtbot.wait(50)
+
+
+def test_the_image_number_is_the_series_own_in_its_plane(tmp_path, make_napari_viewer):
+    """Im k/n counts the scan's own slices (its images' order) whichever way its array runs in the viewer."""
+    from hlip_napari._layers import SCAN_KEY, layer_view
+
+    folder, _marker, _ax = write_two_plane_study(tmp_path / "study")
+    study = load_study(folder)
+    viewer = make_napari_viewer(show=False)
+    add_studies(viewer, [study])
+    checked = 0
+    for layer in scan_layers(viewer, study):
+        scan = study.scans[layer.metadata[SCAN_KEY]]
+        show_plane(viewer, scan.orientation)
+        axis = int(viewer.dims.order[0])
+        view, _ = layer_view(scan)
+        assert view.axes[axis] == 0  # the plane shown is the series' own
+        for k in (0, scan.shape[0] // 2, scan.shape[0] - 1):
+            world = scan.world((k, scan.shape[1] // 2, scan.shape[2] // 2))[::-1]  # (S, P, L)
+            viewer.dims.set_point(range(3), tuple(world))
+            number, n, _pos, _axis = slice_of(viewer, layer)
+            assert (number, n) == (k + 1, scan.shape[0]), (scan.orientation, view, k)
+        checked += int(view.flips[axis])
+    assert checked >= 1  # one of the series runs against the viewer's axis: the case that matters
