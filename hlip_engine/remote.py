@@ -38,6 +38,8 @@ from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
+from .relevance.maps import Relevance  # torch-free: the result type the engine returns
+
 __all__ = ["EngineError", "RemoteEngine", "RemoteRelevance", "zip_study"]
 
 KINDS = {401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 415: "bad_request", 422: "bad_request",
@@ -114,57 +116,12 @@ def zip_study(study, out=None):
 
 # --- the relevance result -----------------------------------------------------------------------------
 @dataclass
-class RemoteRelevance:
-    """The server's relevance: the same numbers and methods as :class:`hlip_engine.relevance.Relevance`
-    (``volumes`` on each scan's own voxel grid, ``scan_importance``, ``peak()`` ...), without torch."""
+class RemoteRelevance(Relevance):
+    """The server's relevance: an engine :class:`~hlip_engine.relevance.Relevance` (the same numbers and
+    methods: ``volumes`` on each scan's own voxel grid, ``scan_importance``, ``peak()`` ...) read from the
+    server's answer, without torch; ``document`` is relevance.json as the server wrote it."""
 
-    tokens: np.ndarray
-    prompt: str
-    logit: float
-    method: str
-    patch_size: tuple[int, int, int]
-    model_grid: tuple[int, int, int]
-    last_level: str = "study"
-    scan_indices: list[int] | None = None
-    volumes: list[np.ndarray] | None = None
-    volume_scans: list[int] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    document: dict[str, Any] = field(default_factory=dict)  # relevance.json as the server wrote it
-
-    @property
-    def scan_importance(self) -> np.ndarray:
-        mass = self.tokens.reshape(self.tokens.shape[0], -1).sum(axis=1).astype(np.float64)
-        total = mass.sum()
-        return (mass / total if total > 0 else np.zeros_like(mass)).astype(np.float32)
-
-    @property
-    def slice_profiles(self) -> np.ndarray:
-        return self.tokens.sum(axis=(2, 3))
-
-    def volume_slice_profiles(self) -> list[np.ndarray]:
-        return [v.sum(axis=(1, 2)) for v in (self.volumes or [])]
-
-    def peak_slices(self) -> list[int]:
-        return [int(np.argmax(p)) if p.size else 0 for p in self.volume_slice_profiles()]
-
-    def source_importance(self) -> tuple[list[int], np.ndarray]:
-        from .relevance.maps import source_importance  # torch-free: the engine's own rule
-
-        return source_importance(self.scan_importance, self.scan_indices)
-
-    def peak(self, centre_of_mass: bool = True) -> tuple[int, tuple[int, int, int]] | None:
-        from .relevance.maps import hot_spot  # torch-free: the engine's own peak rule
-
-        if not self.volumes:
-            return None
-        order, totals = self.source_importance()
-        k = order[int(np.argmax(totals))]
-        return k, hot_spot(self.volumes[list(self.volume_scans).index(k)], centre_of_mass)
-
-    def display_volumes(self) -> list[np.ndarray]:
-        top = max((float(v.max()) for v in self.volumes or [] if v.size), default=0.0)
-        scale = 1.0 / top if top > 0 else 1.0
-        return [np.asarray(v, dtype=np.float32) * scale for v in self.volumes or []]
+    document: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return dict(self.document)
