@@ -15,6 +15,10 @@ import sys
 from . import commands
 from .study import StudyLoadError
 
+# What `pip install "hlip-napari[engine]"` adds to the client install (pyproject's engine extra), by import name.
+ENGINE_MODULES = ("torch", "transformers", "safetensors", "faiss", "fastapi", "uvicorn", "multipart",
+                  "SimpleITK", "nilearn")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -47,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyLoadError, FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"hlip {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in ENGINE_MODULES:
+            raise
+        print(f"hlip {args.command}: error: this command runs the engine, which is not installed here (no {top}): "
+              f'pip install "hlip-napari[engine]", or ask a server (hlip serve) from the plugin', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hlip {args.command}: interrupted", file=sys.stderr)

@@ -42,6 +42,6 @@ if ! $VPY -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "setup: installing hlip-napari and its test tools into .venv/"
-$VPY -m pip install -q -e ".[test]"
+$VPY -m pip install -q -e ".[engine,test]"
 rm -f .venv/.hlip-setup-*
 touch "$stamp"
