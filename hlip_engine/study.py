@@ -130,6 +130,8 @@ class Study:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or series, reason)
     source: str = ""
     patient: PatientInfo = field(default_factory=PatientInfo, repr=False)
+    # the radiology report found in the study (a DICOM SR): {"impression", "findings", "text", "file"}, or {}
+    report: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return (f"Study({self.uid!r}, {self.description!r}, {self.date}, {self.modality}, "

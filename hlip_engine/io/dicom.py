@@ -33,6 +33,7 @@ from .dicom_series import (
     series_skip_reason,
     split_series,
 )
+from .dicom_sr import SR_SOP_PREFIX, study_report
 from .geometry import apply_plan, plan_stack, plane_name
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,10 @@ def _build_study(uid: str, headers: list[SliceHeader], skipped: list[tuple[str, 
     image_modalities = Counter(s.modality for s in scans if s.modality)
     if image_modalities:
         modality = "/".join(m for m, _ in image_modalities.most_common())
+    reports = [h.path for hs in not_images.values() for h in hs
+               if h.modality == "SR" or h.sop_class.startswith(SR_SOP_PREFIX)]
     return Study(uid=uid, scans=scans, description=description, date=date, modality=modality,
-                 skipped=skipped, source=source, patient=patient)
+                 skipped=skipped, source=source, patient=patient, report=study_report(reports) if reports else {})
 
 
 def _natural(text: str) -> tuple:
