@@ -9,8 +9,11 @@ and the plugin take it) is scored:
 - dist  : peak-to-centre distance (median, mm).
 
 Methods: ``last-block`` (the official HLIP grad x attention), ``rollout`` (Chefer et al. 2021, all blocks),
+``guided-rollout`` (the engine's: rollout x the smoothed voxel input gradient, as Guided Grad-CAM),
 ``input-grad`` (|d logit / d input * input| summed per token patch) and ``occlusion`` (the logit drop when
-one token's patch is blanked, token by token; slow, ``--occlusion``).
+one token's patch is blanked, token by token; slow, ``--occlusion``); bench-only variants at voxel resolution
+``input-grad-voxels`` (the smoothed input gradient alone) and ``guided-last-block`` (last-block as the coarse
+map), with ``--sigma``. Maps finer than tokens are summed per token for the deletion test.
 
 Faithfulness (deletion): blank the top 10 % of tokens by a method's map and record the logit drop, against
 blanking 10 % at random (mean of 3 draws); a faithful method removes more logit than chance (ratio > 1).
@@ -76,6 +79,33 @@ def input_gradient(model, x, text, scale, patch):
     return sal.reshape(n, dd // pd, pd, hh // ph, ph, ww // pw, pw).sum(dim=(2, 4, 6)).numpy()
 
 
+def input_gradient_voxels(model, x, text, scale):
+    """|d logit / d input * input| at voxel resolution: [N, D, H, W]."""
+    import torch
+    import torch.nn.functional as F
+
+    xg = x.clone().requires_grad_(True)
+    emb = model.visual(xg)[:, 0]
+    logit = scale * (F.normalize(emb.float(), dim=-1) @ text)[0]
+    (g,) = torch.autograd.grad(logit, xg)
+    return (g * xg).abs()[0, :, 0].detach().numpy()
+
+
+def guided(coarse_tokens, fine, sigma_vox):
+    """The engine's guided map (hlip_engine.relevance.guided) over any coarse token map, with this sigma."""
+    import torch
+
+    from hlip_engine.relevance.guided import guided_map
+
+    return guided_map(torch.as_tensor(coarse_tokens), torch.as_tensor(fine), sigma_vox).numpy()
+
+
+def pool_tokens(fine, patch):
+    n, dd, hh, ww = fine.shape
+    pd, ph, pw = patch
+    return fine.reshape(n, dd // pd, pd, hh // ph, ph, ww // pw, pw).sum(axis=(2, 4, 6))
+
+
 def occlusion(model, x, text, scale, grid, patch, base):
     n = x.shape[1]
     total = n * int(np.prod(grid))
@@ -89,7 +119,7 @@ def occlusion(model, x, text, scale, grid, patch, base):
     return np.clip(drops.reshape(n, *grid), 0, None)
 
 
-def peak_of(tokens, prepared, study, scan_volumes):
+def peak_of(tokens, prepared, study, scan_volumes, centre_of_mass=True):
     """World position (LPS mm) of ``Relevance.peak()`` for these tokens: the hot spot on the most relevant
     source scan, where the plugin jumps."""
     from hlip_engine.relevance import Relevance
@@ -97,7 +127,7 @@ def peak_of(tokens, prepared, study, scan_volumes):
     rel = Relevance(tokens=tokens, prompt="", logit=0.0, patch_size=(1, 1, 1), model_grid=(1, 1, 1),
                     scan_indices=list(prepared.scan_indices))
     rel.volumes, rel.volume_scans = scan_volumes(tokens, prepared)
-    k, voxel = rel.peak()
+    k, voxel = rel.peak(centre_of_mass)
     return study.scans[k].world(voxel)
 
 
@@ -109,6 +139,11 @@ def main(argv=None) -> int:
     ap.add_argument("--occlusion", action="store_true", help="also token-by-token occlusion (slow)")
     ap.add_argument("--deletion", type=float, default=0.10, help="share of tokens blanked in the deletion test")
     ap.add_argument("--json", type=Path, help="write every number here")
+    ap.add_argument("--argmax", action="store_true",
+                    help="score the maximum voxel of the most relevant scan, not the hot spot's centre of mass")
+    ap.add_argument("--sigma", type=float, nargs=3, default=(0.5, 2.0, 2.0),
+                    help="Gaussian sigma (model voxels: slice, row, column) of the gradient map of the bench's own "
+                         "variants guided-last-block and input-grad-voxels (guided-rollout: the engine's)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -151,11 +186,23 @@ def main(argv=None) -> int:
         # --- the methods
         maps = {}
         for m in methods:
-            if m in ("last-block", "rollout"):
-                maps[m] = relevance(model, prepared, FINDING_PROMPTS[finding], templates=TEMPLATES, method=m,
-                                    volumes=False).tokens
+            if m in ("last-block", "rollout", "guided-rollout"):
+                rel = relevance(model, prepared, FINDING_PROMPTS[finding], templates=TEMPLATES, method=m,
+                                volumes=False)
+                maps[m] = rel.fine if rel.fine is not None else rel.tokens
             elif m == "input-grad":
                 maps[m] = input_gradient(model, x, text, scale, patch)
+            elif m in ("guided-last-block", "input-grad-voxels"):
+                if "_fine" not in maps:
+                    maps["_fine"] = input_gradient_voxels(model, x, text, scale)
+                if m == "input-grad-voxels":
+                    maps[m] = guided(np.ones((x.shape[1], 1, 1, 1), np.float32), maps["_fine"], tuple(args.sigma))
+                else:
+                    coarse = maps.get("last-block")
+                    if coarse is None:
+                        coarse = relevance(model, prepared, FINDING_PROMPTS[finding], templates=TEMPLATES,
+                                           method="last-block", volumes=False).tokens
+                    maps[m] = guided(coarse, maps["_fine"], tuple(args.sigma))
             elif m == "occlusion":
                 maps[m] = occlusion(model, x, text, scale, grid, patch, base)
         n_del = max(1, int(round(args.deletion * centres[..., 0].size)))
@@ -164,8 +211,11 @@ def main(argv=None) -> int:
             rand_masks[j, rng.choice(rand_masks.shape[1], n_del, replace=False)] = True
         rand_drop = float(np.mean(base - logits(model, blank(x, rand_masks.reshape(3, *centres.shape[:4]), patch),
                                                  text, scale).numpy()))
+        maps.pop("_fine", None)
         for m, tok in maps.items():
-            p = peak_of(tok, prepared, study, scan_volumes)
+            p = peak_of(tok, prepared, study, scan_volumes, centre_of_mass=not args.argmax)
+            if tok.shape[1:] != centres.shape[1:4]:
+                tok = pool_tokens(tok, patch)  # the deletion test blanks whole tokens
             dist = float(np.linalg.norm(p - centre))
             top = np.zeros(tok.size, dtype=bool)
             top[np.argsort(tok.reshape(-1))[::-1][:n_del]] = True

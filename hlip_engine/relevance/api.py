@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .guided import guided_map, pool_to_tokens
 from .hierarchy import CLSAttentionRecorder
 from .last_block import last_block_relevance
 from .maps import Relevance, scan_volumes
@@ -86,11 +87,16 @@ def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templ
 
     was_training = visual.training
     visual.eval()
+    fine = None
     try:
         with CLSAttentionRecorder(visual, blocks) as recorder:
-            if method == "rollout":
-                res = rollout_relevance(visual, x, text, scale, output=output)
+            if method in ("rollout", "guided-rollout"):
+                res = rollout_relevance(visual, x, text, scale, output=output,
+                                        input_gradient=method == "guided-rollout")
                 cam = res.cam
+                if res.input_grad is not None:
+                    fine = guided_map(res.cam, res.input_grad)  # [N, D, H, W] on the model grid
+                    cam = pool_to_tokens(fine, visual.cfg.patch_size)
             else:
                 res = last_block_relevance(visual, x, text, scale, output=output, autocast_dtype=amp)
                 cam = res.image_tokens()
@@ -109,8 +115,8 @@ def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templ
         hierarchy=recorder.views(res.layout),
         slab_images=x[0, :, 0, centres].float().cpu().numpy(),  # [N, d, H, W]
         meta={"labels": list(getattr(prepared, "labels", []) or [])} if prepared is not None else {},
-        method=method,
+        method=method, fine=fine.cpu().numpy() if fine is not None else None,
     )
     if prepared is not None and volumes:
-        rel.volumes, rel.volume_scans = scan_volumes(tokens, prepared)
+        rel.volumes, rel.volume_scans = scan_volumes(rel.fine if rel.fine is not None else tokens, prepared)
     return rel

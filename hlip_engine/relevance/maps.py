@@ -63,6 +63,7 @@ class Relevance:
     slab_images: np.ndarray | None = None  # [N, d, H, W] model input at each slab centre (for montages)
     meta: dict[str, Any] = field(default_factory=dict)
     method: str = "last-block"  # how ``tokens`` were computed (``hlip_engine.relevance.METHODS``)
+    fine: np.ndarray | None = None  # [N, D, H, W] on the model grid, for methods finer than tokens (guided)
 
     @property
     def scan_importance(self) -> np.ndarray:
@@ -114,7 +115,10 @@ class Relevance:
         return [np.asarray(v, dtype=np.float32) * scale for v in self.volumes or []]
 
     def upsampled(self, i: int) -> np.ndarray:
-        """Model scan ``i``'s token map resized to the model grid [D, H, W] (trilinear, as the official demo)."""
+        """Model scan ``i``'s map on the model grid [D, H, W]: the token map resized (trilinear, as the official
+        demo), or a voxel-resolution method's own map."""
+        if self.fine is not None:
+            return np.asarray(self.fine[i], dtype=np.float32)
         import torch
         import torch.nn.functional as F
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 METHODS = {
     "last-block": "the official HLIP method: grad x attention of the last block's CLS row (exact, O(tokens))",
     "rollout": "Chefer et al. 2021: grad x attention rolled out over every block, CLS copies per unit",
+    "guided-rollout": "rollout x the smoothed input gradient (|dlogit/dx * x|), as Guided Grad-CAM: token "
+                      "evidence placed at voxel resolution",
 }
 DEFAULT_METHOD = "last-block"
 

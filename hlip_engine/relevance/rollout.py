@@ -35,6 +35,7 @@ class RolloutRelevance:
     logit: torch.Tensor
     level: str
     layout: object
+    input_grad: torch.Tensor | None = None  # [N, D, H, W] |dlogit/dx * x| (``input_gradient=True``)
 
 
 class _AttentionTape:
@@ -71,14 +72,21 @@ class _AttentionTape:
 
 
 def rollout_relevance(visual, x: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, *,
-                      output: int = 0) -> RolloutRelevance:
-    """Chefer's grad x attention rollout of one study ``x`` [1, N, 1, D, H, W] for the unit text ``text``."""
+                      output: int = 0, input_gradient: bool = False) -> RolloutRelevance:
+    """Chefer's grad x attention rollout of one study ``x`` [1, N, 1, D, H, W] for the unit text ``text``.
+
+    ``input_gradient``: the same backward also gives |dlogit/dx * x| on the model grid (``input_grad``)."""
     if x.ndim != 6 or x.shape[0] != 1:
         raise ValueError(f"relevance explains one study at a time: expected [1, N, 1, D, H, W], got {tuple(x.shape)}")
+    if input_gradient:
+        x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), _AttentionTape(visual) as tape:
         emb = visual(x)[:, output]  # [1, E]
         logit = scale.float() * (F.normalize(emb.float(), dim=-1) @ text.float())[0]
-        grads = torch.autograd.grad(logit, tape.probs)  # dL/dA of every block; parameters get no .grad
+        wrt = list(tape.probs) + ([x] if input_gradient else [])
+        grads = torch.autograd.grad(logit, wrt)  # dL/dA of every block (and dL/dx); parameters get no .grad
+    input_grad = (grads[-1] * x).abs()[0, :, 0].detach().float() if input_gradient else None
+    grads = grads[:len(tape.probs)]
     b, n, _, *size = x.shape
     d, h, w = (s // p for s, p in zip(size, visual.cfg.patch_size))
     layout = TokenLayout(1, n, d, h, w, visual.num_prefix_tokens)
@@ -96,7 +104,7 @@ def rollout_relevance(visual, x: torch.Tensor, text: torch.Tensor, scale: torch.
                 v = _back_regroup(v, layout, src=levels[i - 1], dst=levels[i])
         # v now holds relevance at the input of block 0 (in its units); image tokens in study order
         cam = v[:, p:].reshape(layout.scans, d, h, w)
-    return RolloutRelevance(cam.float(), logit.detach(), levels[-1], layout)
+    return RolloutRelevance(cam.float(), logit.detach(), levels[-1], layout, input_grad)
 
 
 def _back_regroup(v: torch.Tensor, layout, src: str, dst: str) -> torch.Tensor:
