@@ -131,3 +131,44 @@ def test_layer_view_aligns_every_orthogonal_orientation_with_the_world_axes():
             for idx in [(0, 0, 0), tuple(n - 1 for n in data.shape), (1, 2, 0)]:
                 src = np.argwhere(vox == data[idx])[0]
                 np.testing.assert_allclose((layer_affine @ np.array([*idx, 1.0]))[:3], scan.world(src)[::-1])
+
+
+def test_file_open_prefers_this_reader_and_loads_off_the_qt_thread(tmp_path, make_napari_viewer, qtbot):
+    """File > Open / drag and drop (napari's QtViewer._qt_open): no reader dialog for a DICOM folder, the
+    call returns before the study is decoded, the scans arrive from a worker; a user's own choice is kept."""
+    from napari.plugins.utils import get_preferred_reader
+    from napari.settings import get_settings
+    from napari.utils.notifications import notification_manager
+
+    from hlip_napari._reader import READER_PATTERNS, prefer_for_studies
+
+    viewer = make_napari_viewer()
+    folder, _marker, _ax = write_two_plane_study(tmp_path / "study")
+    settings = get_settings().plugins
+    settings.extension2reader = {"*.dcm": "napari"}  # this user opens single .dcm files with napari's reader
+    added = prefer_for_studies()
+    assert "*.dcm" not in added and set(added) == set(READER_PATTERNS) - {"*.dcm"}
+    assert settings.extension2reader["*.dcm"] == "napari"
+    assert get_preferred_reader(str(folder)) == "hlip-napari"
+    assert get_preferred_reader(str(tmp_path / "scan.nii.gz")) == "hlip-napari"
+    assert prefer_for_studies() == []  # idempotent
+
+    viewer.window._qt_viewer._qt_open([str(folder)], stack=False)
+    assert len(viewer.layers) == 0  # returned before the study was decoded: the viewer stays live
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=30000)
+    assert {layer.metadata["orientation"] for layer in viewer.layers} == {"axial", "sagittal"}
+
+    # a folder this reader claims but cannot load: a notification naming it, no layers, no dialog
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    viewer.window._qt_viewer._qt_open([str(bad)], stack=False)
+    qtbot.waitUntil(lambda: any(str(bad) in m for m in messages), timeout=30000)
+    assert len(viewer.layers) == 2  # the study on screen stays
+
+    # a script's viewer.open still returns the layers at once
+    viewer.layers.clear()
+    layers = viewer.open(str(folder), plugin="hlip-napari")
+    assert len(layers) == 2
