@@ -8,6 +8,8 @@
     rel = engine.relevance(study, "glioma", templates=None, method=None)          # .volumes on each scan
     vec = engine.embed(study)                      # float32 [E]
     engine.relevance_methods(); engine.prompt_sets(); engine.describe()
+    yield from engine.warm_up(index_path)          # a worker's progress: loading the model / the index
+    engine.model_config()                          # what picks the model's default prompt set
 
 Both engines answer with the same documents (the server's are the CLI's ``--json`` documents, and the local
 one builds them with the same engine functions), so a widget parses one shape and shows the same numbers
@@ -18,9 +20,7 @@ notifications. Nothing here imports torch or Qt at module import; ``ServerEngine
 from __future__ import annotations
 
 import json
-import threading
 import time
-import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -35,7 +35,7 @@ LABELS = {"local": "this computer", "server": "server"}
 KEYRING_SERVICE = "hlip-napari"
 
 __all__ = ["EngineError", "EngineSettings", "LocalEngine", "ServerEngine", "current_engine", "forget_token",
-           "load_token", "save_token"]
+           "load_token", "ready", "save_token"]
 
 
 # --- the choice, remembered ----------------------------------------------------------------------------
@@ -69,15 +69,25 @@ class EngineSettings:
 
 
 # --- the token, in the OS keyring -------------------------------------------------------------------------
-def save_token(url: str, token: str) -> None:
-    """Keep ``token`` for ``url`` in the OS keyring (Keychain, Windows Credential Locker, Secret Service)."""
+_SESSION_TOKENS: dict[str, str] = {}  # where no OS keyring works: this process only, never a file
+
+
+def save_token(url: str, token: str) -> bool:
+    """Keep ``token`` for ``url`` in the OS keyring (Keychain, Windows Credential Locker, Secret Service).
+
+    Returns True when the keyring took it; False where there is no usable keyring: then the token is kept
+    in this process's memory only (until napari closes), never written to a file."""
     import keyring
     from keyring.errors import KeyringError
 
+    token = str(token).strip()
     try:
-        keyring.set_password(KEYRING_SERVICE, _key(url), str(token).strip())
-    except KeyringError as e:
-        raise EngineError(f"the token cannot be stored: no usable OS keyring ({e})", kind="bad_request") from None
+        keyring.set_password(KEYRING_SERVICE, _key(url), token)
+    except KeyringError:
+        _SESSION_TOKENS[_key(url)] = token
+        return False
+    _SESSION_TOKENS.pop(_key(url), None)
+    return True
 
 
 def load_token(url: str) -> str:
@@ -86,15 +96,17 @@ def load_token(url: str) -> str:
     from keyring.errors import KeyringError
 
     try:
-        return keyring.get_password(KEYRING_SERVICE, _key(url)) or ""
+        saved = keyring.get_password(KEYRING_SERVICE, _key(url)) or ""
     except KeyringError:
-        return ""
+        saved = ""
+    return saved or _SESSION_TOKENS.get(_key(url), "")
 
 
 def forget_token(url: str) -> None:
     import keyring
     from keyring.errors import KeyringError, PasswordDeleteError
 
+    _SESSION_TOKENS.pop(_key(url), None)
     try:
         keyring.delete_password(KEYRING_SERVICE, _key(url))
     except (PasswordDeleteError, KeyringError):
@@ -115,8 +127,6 @@ class LocalEngine:
         from ._session import SETTINGS
 
         self.settings = settings if settings is not None else SETTINGS.settings
-        self._embeddings: dict[int, tuple] = {}
-        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"this computer ({self.settings.checkpoint or 'no model chosen'})"
@@ -127,11 +137,26 @@ class LocalEngine:
 
         return MODELS.get(self.settings)
 
-    def is_loaded(self) -> bool:
+    def is_loaded(self, index_path: str | None = None) -> bool:
+        """The model (and the index at ``index_path``, else the settings' one) already loaded: no waiting."""
         from ._session import INDEXES, MODELS
 
-        return MODELS.peek(self.settings) is not None and (not self.settings.index or
-                                                           INDEXES.peek(self.settings.index) is not None)
+        index = index_path if index_path is not None else self.settings.index
+        return MODELS.peek(self.settings) is not None and (not index or INDEXES.peek(index) is not None)
+
+    def warm_up(self, index_path: str | None = None, *, index: bool = False):
+        """A worker's first steps: load the model (and open the index), yielding what it does."""
+        from ._session import INDEXES, MODELS
+
+        yield "loading the model" if MODELS.peek(self.settings) is None else "model ready"
+        model = self.model
+        if index:
+            path = index_path or self.settings.index
+            yield "opening the index" if INDEXES.peek(path) is None else "index ready"
+            INDEXES.get(path, model)
+
+    def model_config(self) -> dict[str, Any]:
+        return self.model.config
 
     def info(self) -> dict[str, Any]:
         model = self.model
@@ -174,18 +199,11 @@ class LocalEngine:
                 "size": len(index), "seconds": time.perf_counter() - t0}
 
     def embed(self, study) -> np.ndarray:
-        """As ``hlip embed`` / the server: the model's recipe, then ``encode_prepared``; once per study."""
-        from hlip_engine.search import encode_prepared
+        """As ``hlip embed`` / the server: the model's recipe, then ``encode_prepared``; once per study and
+        model (kept by ``_session.MODELS``, so every widget's zero-shot rerun is instant)."""
+        from ._session import MODELS
 
-        with self._lock:
-            hit = self._embeddings.get(id(study))
-            if hit is not None and hit[0]() is study and hit[1] is self.model:
-                return hit[2]
-        model = self.model
-        vec = encode_prepared(model, [model.prepare(study).tensor])[0]
-        with self._lock:
-            self._embeddings[id(study)] = (weakref.ref(study), model, vec)
-        return vec
+        return MODELS.study_embedding(self.settings, study)
 
     def zeroshot(self, study, *, prompts=None, prompt_set: str | None = None, templates=None, mode=None,
                  template_set: str | None = None) -> dict[str, Any]:
@@ -230,8 +248,16 @@ class ServerEngine:
     def describe(self) -> str:
         return f"server {self.client.url}"
 
-    def is_loaded(self) -> bool:
-        return True  # the server holds the model: nothing to load here
+    def is_loaded(self, index_path: str | None = None) -> bool:
+        return True  # the server holds the model and the index: nothing to load here
+
+    def warm_up(self, index_path: str | None = None, *, index: bool = False):
+        """Nothing to load here: one progress step that says who answers."""
+        yield f"asking {self.client.url}"
+
+    def model_config(self) -> dict[str, Any]:
+        """The served model's config as far as the plugin needs it (its default zero-shot prompt set)."""
+        return server_model_config(self._cached_info())
 
     def info(self) -> dict[str, Any]:
         self._info = self.client.info()
@@ -269,6 +295,45 @@ class ServerEngine:
 
     def relevance(self, study, prompt, *, templates=None, method: str | None = None, output: int = 0):
         return self.client.relevance(study, prompt, templates=templates or None, method=method, output=output)
+
+
+def server_model_config(info: dict[str, Any]) -> dict[str, Any]:
+    """{name, preprocess, zeroshot} of the served model, from ``/v1/info``, without torch.
+
+    The zeroshot block (the model's default prompt set) is the server's when it sends one, else the one of
+    the registered config of the same name, read from its JSON file (``hlip_engine.model.factory`` imports
+    torch). Without a block, "name" is left out, so that nothing looks the architecture up with torch."""
+    model = dict(info.get("model") or {})
+    name = model.get("name")
+    block = model.get("zeroshot") or _registered_zeroshot(name)
+    out: dict[str, Any] = {"preprocess": model.get("recipe")}
+    if block:
+        out.update(name=name, zeroshot=block)
+    return out
+
+
+def _registered_zeroshot(name) -> dict[str, Any]:
+    from pathlib import Path
+
+    import hlip_engine
+
+    if not name or not str(name).replace("_", "").replace("-", "").isalnum():
+        return {}
+    path = Path(hlip_engine.__file__).parent / "model" / "configs" / f"{name}.json"
+    try:
+        return dict(json.loads(path.read_text()).get("zeroshot") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def ready(model_settings: ModelSettings | None = None, engine_settings: EngineSettings | None = None,
+          index_path: str | None = None) -> bool:
+    """Whether a job would start answering at once (nothing to load); cheap, for the Qt thread (no keyring,
+    no network): a server is always ready, this computer when the model (and index) are loaded."""
+    chosen = engine_settings if engine_settings is not None else EngineSettings.load()
+    if chosen.kind == "server":
+        return True
+    return LocalEngine(model_settings).is_loaded(index_path)
 
 
 def current_engine(model_settings: ModelSettings | None = None, engine_settings: EngineSettings | None = None):

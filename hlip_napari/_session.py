@@ -1,5 +1,8 @@
 """What the plugin keeps loaded between clicks: the model and the study index (no Qt here).
 
+Also where the model settings and the engine choice (this computer or a server) are shared between the
+widgets' Model boxes (:data:`SETTINGS`, :data:`ENGINE`).
+
 Loading a checkpoint or a 100,000-study index takes seconds; a search must answer in milliseconds.
 So both are loaded once (in a worker thread) and kept until their settings change. One store per
 process: every widget and every viewer share the same loaded model.
@@ -44,6 +47,34 @@ class SettingsHub:
         self.changed.emit(self.settings)
 
 
+class EngineHub:
+    """Where the engine runs (:class:`hlip_napari._engine.EngineSettings`), shared by every Model box.
+
+    Read from its file each time (a few bytes), so it never goes stale when tests move the config folder;
+    ``changed`` tells the other boxes (and the search widget's index row) when one box edits it."""
+
+    changed = Signal(object)  # EngineSettings
+
+    @property
+    def settings(self):
+        from ._engine import EngineSettings
+
+        return EngineSettings.load()
+
+    def update(self, **values) -> None:
+        current = self.settings
+        if all(getattr(current, k) == v for k, v in values.items()):
+            return
+        for k, v in values.items():
+            setattr(current, k, v)
+        current.save()
+        self.changed.emit(current)
+
+    def notify(self) -> None:
+        """Tell the boxes something not in the settings changed (a token saved for the URL)."""
+        self.changed.emit(self.settings)
+
+
 class ModelStore:
     """The loaded model, keyed by (checkpoint, text model, device); thread-safe."""
 
@@ -51,7 +82,7 @@ class ModelStore:
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._model = None
-        self._embeddings: dict[int, tuple] = {}  # id(study) -> (weakref to study, embedding [E])
+        self._embeddings: dict[int, tuple] = {}  # id(study) -> (weakref to study, model, embedding [E])
 
     def peek(self, settings: ModelSettings):
         return self._model if self._key == settings.key() else None
@@ -74,16 +105,19 @@ class ModelStore:
             return self._model
 
     def study_embedding(self, settings: ModelSettings, study):
-        """The loaded model's embedding [E] of ``study``, computed once per study (zero-shot reruns are instant)."""
+        """The loaded model's embedding (float32 numpy [E]) of ``study``, computed once per study and model
+        (zero-shot reruns are instant): the model's recipe, then ``encode_prepared``, as ``hlip embed`` and
+        ``hlip serve`` compute it."""
         model = self.get(settings)
         hit = self._embeddings.get(id(study))
-        if hit is not None and hit[0]() is study:
-            return hit[1]
-        import torch
+        if hit is not None and hit[0]() is study and hit[1] is model:
+            return hit[2]
+        from hlip_engine.search import encode_prepared
 
-        with torch.inference_mode():
-            emb = model.encode_study(study)
-        self._embeddings[id(study)] = (weakref.ref(study), emb)
+        emb = encode_prepared(model, [model.prepare(study).tensor])[0]
+        with self._lock:
+            if self._model is model:  # not a model replaced meanwhile
+                self._embeddings[id(study)] = (weakref.ref(study), model, emb)
         return emb
 
     def clear(self) -> None:
@@ -129,5 +163,6 @@ class IndexStore:
 
 
 SETTINGS = SettingsHub()
+ENGINE = EngineHub()
 MODELS = ModelStore()
 INDEXES = IndexStore()

@@ -1,7 +1,9 @@
 """Running engine work off the Qt thread: napari thread workers with progress, cancel and plain errors.
 
 A job is a generator function that yields short progress messages (one per step) and returns its
-result; the viewer never waits for it. Errors become napari notifications that say what to do.
+result; the viewer never waits for it. Errors become napari notifications that say what to do; a
+server's (:class:`hlip_engine.remote.EngineError`) also name their kind (auth, too large, busy, down ...)
+and carry its reason and advice.
 """
 from __future__ import annotations
 
@@ -9,13 +11,20 @@ import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
+from hlip_engine.remote import EngineError
 from hlip_engine.study import StudyLoadError
 
 SWITCH_INTERVAL = 0.001  # s
+# what went wrong with a server, by EngineError.kind: named first in its notification
+SERVER_PROBLEMS = {"auth": "auth", "too_large": "too large for the server", "busy": "server busy",
+                   "down": "server down", "not_found": "not on the server", "bad_request": "refused by the server",
+                   "server": "server error"}
 
 
 def advice(exc: BaseException) -> str:
     """What the radiologist can do about an error, in one sentence."""
+    if isinstance(exc, EngineError):  # a server's answer (401, 413, 429, down ...): its own advice
+        return exc.advice
     if isinstance(exc, StudyLoadError):
         return "Choose a folder holding one study (DICOM files, a DICOMDIR, NIfTI files or HLIP .pt tensors)."
     if isinstance(exc, FileNotFoundError):
@@ -25,6 +34,14 @@ def advice(exc: BaseException) -> str:
     if isinstance(exc, ValueError):
         return "Check the inputs named in the message."
     return "See the terminal for the traceback, and report it if the inputs look right."
+
+
+def message(title: str, exc: BaseException) -> str:
+    """The notification of a failed job: what failed, why, and what to do."""
+    if isinstance(exc, EngineError) and not (exc.kind == "bad_request" and exc.status is None):
+        problem = SERVER_PROBLEMS.get(exc.kind, SERVER_PROBLEMS["server"])  # (not a request this computer refused)
+        return f"{title} failed ({problem}): {exc.reason}\n{advice(exc)}"
+    return f"{title} failed: {exc}\n{advice(exc)}"
 
 
 def follow(widget, emitter, callback) -> None:
@@ -145,6 +162,6 @@ class Job:
     def _errored(self, exc: BaseException, on_error) -> None:
         from napari.utils.notifications import show_error
 
-        show_error(f"{self.title} failed: {exc}\n{advice(exc)}")
+        show_error(message(self.title, exc))
         if on_error is not None:
             on_error(exc)

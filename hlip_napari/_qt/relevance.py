@@ -1,7 +1,8 @@
 """Relevance map: where in the open study the model sees a prompt, as one overlay per scan.
 
-``hlip_engine.relevance.relevance`` does the work (the model's method: the official HLIP last-block method,
-or Chefer's rollout where the model chose it; the Method box overrides) and maps it back onto each scan's
+``hlip_engine.relevance.relevance`` does the work, on this computer or on ``hlip serve`` (the chosen engine,
+:func:`hlip_napari._engine.current_engine`; the model's method: the official HLIP last-block method, or
+Chefer's rollout where the model chose it; the Method box overrides) and maps it back onto each scan's
 own voxels; the ``Relevance`` also says which scan matters most and where its peak is. This view only
 draws: overlays, the scan-importance chart, and the jump to the peak.
 """
@@ -20,6 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import _engine
 from .._layers import (
     SCAN_KEY,
     go_to,
@@ -30,7 +32,6 @@ from .._layers import (
     scan_name,
     study_label,
 )
-from .._session import MODELS
 from .jobs import Job
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
@@ -42,17 +43,13 @@ MODEL_DEFAULT = "model's default"
 
 
 def relevance_job(settings, study, prompt: str, templates: list[str] | None, chart_width: int = 420,
-                  method: str | None = None):
-    """Worker: the engine's Relevance for ``prompt`` on ``study`` (maps on each scan's voxels), the maps
-    normalised to the study's maximum, and the scan-importance chart (all off the Qt thread)."""
-    yield "loading the model" if MODELS.peek(settings) is None else "model ready"
-    model = MODELS.get(settings)
-    yield "preparing the study"
-    prepared = model.prepare(study)
+                  method: str | None = None, engine_settings=None):
+    """Worker: the chosen engine's Relevance for ``prompt`` on ``study`` (maps on each scan's voxels), the
+    maps normalised to the study's maximum, and the scan-importance chart (all off the Qt thread)."""
+    engine = _engine.current_engine(settings, engine_settings)
+    yield from engine.warm_up()
     yield "computing relevance"
-    from hlip_engine.relevance import relevance
-
-    rel = relevance(model, prepared, prompt, templates=templates or None, method=method)
+    rel = engine.relevance(study, prompt, templates=templates or None, method=method)
     yield "drawing"
     # float32 here, in the worker: converting four 512^2 x 75 maps on the Qt thread froze it for 0.3 s
     volumes = [np.ascontiguousarray(v, dtype=np.float32) for v in rel.display_volumes()]
@@ -145,7 +142,7 @@ class RelevanceWidget(QWidget):
         return self.job.start(relevance_job, self.model_box.settings(), study, prompt,
                               [template] if template else None, self.chart.render_width(),
                               None if self.method.currentText() == MODEL_DEFAULT else self.method.currentText(),
-                              steps=4,
+                              self.model_box.engine_settings(), steps=3,
                               on_done=lambda r: self.show_result(study, *r),
                               on_error=lambda _e: self.status.setText("Relevance failed (see the notification)."))
 

@@ -1,7 +1,9 @@
 """Search studies: free text (or the open study) -> the closest studies of an index, ranked.
 
-The model and the index stay loaded (:mod:`hlip_napari._session`), so after the first query a search
-is one text encoding plus one FAISS lookup: tens of milliseconds, off the Qt thread.
+The work is the chosen engine's (:func:`hlip_napari._engine.current_engine`): this computer, where the
+model and the index stay loaded (:mod:`hlip_napari._session`), so after the first query a search is one
+text encoding plus one FAISS lookup, tens of milliseconds, off the Qt thread; or a server (``hlip serve``),
+which searches its own index. Both answer the ``hlip search --json`` document.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import _engine
 from .._layers import open_study_or_warn
-from .._session import INDEXES, MODELS, SETTINGS
-from .jobs import Job
+from .._session import ENGINE, SETTINGS
+from .jobs import Job, follow
 from .model_panel import ModelBox
 
 COLUMNS = ("Score", "Date", "Mod.", "Description", "Impression", "Age/Sex", "Scans")
@@ -37,6 +40,8 @@ SCORE_TIP = ("Score: cosine similarity between the query's embedding and the stu
              "It ranks studies for this query; it is not a probability, and scores of different queries "
              "do not compare.")
 WRAP_ROWS = 50
+PICK = "Pick an index and a model, type a description, press Enter."
+PICK_SERVER = "Type a description, press Enter: the server searches its own index."
 MODALITIES = ("any", "MR", "CT", "PT", "CR", "DX", "US")
 
 
@@ -57,25 +62,21 @@ def _age_sex(row: dict) -> str:
     return " ".join(x for x in (f"{age} y" if age not in (None, "") else "", sex) if x)
 
 
-def search_job(settings, index_path: str, query, k: int, filters: dict | None = None):
-    """Worker: encode the query (text, or a Study for "more like this"), look it up, return ranked rows."""
-    from hlip_engine import search as retrieval
-
-    yield "loading the model" if MODELS.peek(settings) is None else "model ready"
-    model = MODELS.get(settings)
-    yield "opening the index" if INDEXES.peek(index_path) is None else "index ready"
-    index = INDEXES.get(index_path, model)
+def search_job(settings, index_path: str, query, k: int, filters: dict | None = None, engine_settings=None):
+    """Worker: the chosen engine's search for ``query`` (text, or a Study for "more like this", never
+    returned itself) -> ranked rows, parsed from the ``hlip search --json`` document."""
+    engine = _engine.current_engine(settings, engine_settings)
+    yield from engine.warm_up(index_path, index=True)
     yield "searching"
-    t0 = time.perf_counter()
-    if isinstance(query, str):
-        vec, exclude = retrieval.text_vector(model, query), []
-    else:  # "more like this" never returns the study itself
-        vec = retrieval.study_vector(index, model, query)
-        row = retrieval.stored_row(index, query)
-        exclude = [row] if row is not None else []
-    hits = retrieval.search(index, vec, k, filters or None, exclude=exclude)
-    return {"scores": [h.score for h in hits], "rows": [h.meta for h in hits], "seconds": time.perf_counter() - t0,
-            "size": len(index)}
+    return parse_hits(engine.search(query, k=k, index_path=index_path or None, **(filters or {})))
+
+
+def parse_hits(doc: dict) -> dict:
+    """The ``hlip search --json`` document -> {scores, rows (each hit's metadata), seconds, size}."""
+    hits = doc.get("hits") or []
+    return {"scores": [float(h["score"]) for h in hits],
+            "rows": [{key: value for key, value in h.items() if key != "score"} for h in hits],
+            "seconds": float(doc.get("seconds") or 0.0), "size": int(doc.get("size") or 0)}
 
 
 def open_job(path: str):
@@ -103,6 +104,7 @@ class SearchWidget(QWidget):
         browse = QToolButton()
         browse.setText("…")
         browse.clicked.connect(self._browse_index)
+        self.index_browse = browse
         index_row = QHBoxLayout()
         index_row.addWidget(QLabel("Index"))
         index_row.addWidget(self.index_edit, 1)
@@ -139,7 +141,7 @@ class SearchWidget(QWidget):
         filters.addWidget(self.identifiers)
         self._last = None
 
-        self.status = QLabel("Pick an index and a model, type a description, press Enter.")
+        self.status = QLabel(PICK)
         self.status.setWordWrap(True)
         self.job.on_cancel(lambda: self.status.setText("Cancelled."))
         self.table = QTableWidget(0, len(COLUMNS))
@@ -156,6 +158,9 @@ class SearchWidget(QWidget):
         self.setMinimumWidth(560)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.open_result(row))
 
+        self._show_engine(ENGINE.settings)
+        follow(self, ENGINE.changed, self._show_engine)
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_box)
         layout.addLayout(index_row)
@@ -166,6 +171,15 @@ class SearchWidget(QWidget):
         layout.addWidget(self.table, 1)
 
     # --- inputs ----------------------------------------------------------------------------------
+    def _show_engine(self, e) -> None:
+        """A server searches its own index: the index row is this computer's only."""
+        local = e.kind != "server"
+        self.index_edit.setEnabled(local)
+        self.index_browse.setEnabled(local)
+        self.index_edit.setToolTip("" if local else "The server searches its own index (hlip serve --index)")
+        if not self.rows and self.status.text() in (PICK, PICK_SERVER):
+            self.status.setText(PICK if local else PICK_SERVER)
+
     def _browse_index(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Study index folder", self.index_edit.text())
         if path:
@@ -197,9 +211,11 @@ class SearchWidget(QWidget):
         self.status.setText(f"Searching {what} …")
         self._asked = time.perf_counter()
         settings, index = self.model_box.settings(), self.index_edit.text().strip()
-        loaded = MODELS.peek(settings) is not None and INDEXES.peek(index) is not None
-        return self.job.start(search_job, settings, index, query, self.k.value(), self.filters(), steps=3,
-                              progress=not (loaded and isinstance(query, str)), on_done=lambda r: self.show_results(r, what),
+        engine_settings = self.model_box.engine_settings()
+        loaded = _engine.ready(settings, engine_settings, index)
+        return self.job.start(search_job, settings, index, query, self.k.value(), self.filters(), engine_settings,
+                              steps=3, progress=not (loaded and isinstance(query, str)),
+                              on_done=lambda r: self.show_results(r, what),
                               on_error=lambda _e: self.status.setText("Search failed (see the notification)."))
 
     def filters(self) -> dict:

@@ -1,8 +1,9 @@
 """Zero-shot prompts: how likely each finding is in the open study, from a paper prompt set or free text.
 
 The prompts and templates shown in the editors are exactly what runs (a prompt set only fills them in):
-``hlip_engine.zeroshot.build_classifier`` turns them into class vectors; the study embedding is computed
-once per study and model.
+the chosen engine (:func:`hlip_napari._engine.current_engine`: this computer, or ``hlip serve``) turns them
+into class vectors with ``hlip_engine.zeroshot.build_classifier`` and answers the ``hlip zeroshot --json``
+document; on this computer the study embedding is computed once per study and model.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from qtpy.QtWidgets import (
 
 from hlip_engine.zeroshot import prompt_set_names, resolve_prompt_set
 
+from .. import _engine
 from .._layers import open_study_or_warn, study_label
 from .._prompts import default_prompt_set
-from .._session import MODELS
 from .jobs import Job
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
@@ -87,28 +88,22 @@ def parse_templates(text: str) -> list[str]:
     return templates
 
 
-def zeroshot_job(settings, study, prompts: dict | None, templates: list[str], mode: str, chart_width: int = 420):
-    """Worker: probabilities {class: p} for the study, their bar chart (rendered here, off the Qt thread), and
-    what ran: {name, why, mode, prompts, templates} (editor text) when ``prompts`` is None (the model's
-    default set for this study), else None."""
-    yield "loading the model" if MODELS.peek(settings) is None else "model ready"
-    model = MODELS.get(settings)
+def zeroshot_job(settings, study, prompts: dict | None, templates: list[str], mode: str, chart_width: int = 420,
+                 engine_settings=None):
+    """Worker: probabilities {class: p} for the study (the chosen engine's ``probabilities``), their bar chart
+    (rendered here, off the Qt thread), and what ran: {name, why, mode, prompts, templates} (editor text)
+    when ``prompts`` is None (the model's default set for this study), else None."""
+    engine = _engine.current_engine(settings, engine_settings)
+    yield from engine.warm_up()
     used = None
     if prompts is None:
-        name, spec, why = default_prompt_set(model.config, study)
+        name, spec, why = default_prompt_set(engine.model_config(), study)
         mode, prompt_text, template_text = set_to_text(spec)
         prompts, templates = parse_prompts(prompt_text, mode), parse_templates(template_text)
         used = {"name": name, "why": why, "mode": mode, "prompts": prompt_text, "templates": template_text}
-    yield "encoding the study"
-    embedding = MODELS.study_embedding(settings, study)
-    yield "encoding the prompts"
-    import torch
-
-    from hlip_engine.zeroshot import build_classifier
-
-    with torch.inference_mode():
-        classifier = build_classifier(MODELS.get(settings), prompts=prompts, templates=templates, mode=mode)
-        probs = classifier.classify(embedding)
+    yield "classifying the study"
+    probs = {str(c): float(p) for c, p in engine.zeroshot(study, prompts=prompts, templates=templates,
+                                                           mode=mode)["probabilities"].items()}
     yield "drawing"
     names = list(probs)
     best = max(probs, key=probs.get) if probs else None
@@ -213,7 +208,8 @@ class ZeroShotWidget(QWidget):
         self._mode, self._study = mode, study
         self.for_study.setText("")
         return self.job.start(zeroshot_job, self.model_box.settings(), study, prompts, templates, mode,
-                              self.chart.render_width(), steps=4, on_done=lambda r: self.show_results(*r),
+                              self.chart.render_width(), self.model_box.engine_settings(), steps=3,
+                              on_done=lambda r: self.show_results(*r),
                               on_error=lambda _e: self.status.setText("Zero-shot failed (see the notification)."))
 
     def show_results(self, probs: dict[str, float], bars, used: dict | None = None) -> None:
