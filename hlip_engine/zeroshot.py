@@ -87,6 +87,23 @@ class Classifier:
         return dict(zip(self.names, self.probabilities(embedding).tolist()))
 
 
+def model_zeroshot(config: dict) -> dict:
+    """A model config's ``zeroshot`` block (its default prompt set and template), or the registered config's
+    of the same name (checkpoints saved before their config had one); {} when none."""
+    block = (config or {}).get("zeroshot")
+    if block:
+        return dict(block)
+    name = (config or {}).get("name")
+    if not name:
+        return {}
+    from .model.factory import get_config
+
+    try:
+        return dict(get_config(name).get("zeroshot") or {})
+    except ValueError:  # an architecture not registered here
+        return {}
+
+
 def _fill(templates: list[str], prompts: list[str]) -> list[str]:
     return [t.format(p) if "{}" in t else t.replace("{c}", p) for p in prompts for t in templates] \
         if templates else list(prompts)

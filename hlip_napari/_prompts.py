@@ -9,25 +9,9 @@ No Qt here; the prompt sets themselves are the engine's (:mod:`hlip_engine.zeros
 from __future__ import annotations
 
 from hlip_engine import windows
-from hlip_engine.zeroshot import resolve_prompt_set
+from hlip_engine.zeroshot import model_zeroshot, resolve_prompt_set
 
 CT_HEAD_SET, CT_BODY_SET, MR_SET = "head-ct-hemorrhage", "ct-rate", "pub-brain-5"
-
-
-def model_zeroshot(config: dict) -> dict:
-    """The config's ``zeroshot`` block, or the registered config's of the same name; {} when none."""
-    block = (config or {}).get("zeroshot")
-    if block:
-        return dict(block)
-    name = (config or {}).get("name")
-    if not name:
-        return {}
-    from hlip_engine.model.factory import get_config
-
-    try:
-        return dict(get_config(name).get("zeroshot") or {})
-    except ValueError:  # an architecture not registered here
-        return {}
 
 
 def default_prompt_set(config: dict, study=None) -> tuple[str, dict, str]:

@@ -120,7 +120,7 @@ class Engine:
     # --- info -------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         from hlip_engine.relevance import METHODS, default_method
-        from hlip_engine.zeroshot import prompt_set_names
+        from hlip_engine.zeroshot import model_zeroshot, prompt_set_names
 
         cfg = self.model.config
         ident = self.index.identity
@@ -129,7 +129,8 @@ class Engine:
             "model": {"name": cfg.get("name"), "architecture": ident.get("architecture") or cfg.get("name"),
                       "embedding_size": int(self.model.embed_dim), "recipe": cfg.get("preprocess"),
                       "model_id": self.identity["model_id"], "fingerprint": self.identity["model_hash"],
-                      "device": str(self.model.device)},
+                      "device": str(self.model.device), "zeroshot": model_zeroshot(cfg),
+                      "relevance": cfg.get("relevance") or {}},
             "index": {"size": len(self.index), "model_fingerprint": ident.get("model_hash"),
                       "model_id": ident.get("model_id"), "dim": ident.get("dim"), "recipe": ident.get("recipe"),
                       "version": self.index.info.get("version"), "skipped": self.index.info.get("skipped", 0)},
