@@ -1,7 +1,14 @@
-"""Build a searchable index of a study library, or show what an index holds.
+"""Build a searchable index of a study library or of a PACS, or show what an index holds.
 
   hlip index build LIBRARY --model CKPT --index DIR [--recipe NAME] [--workers N] [--resume] [--rebuild]
+  hlip index build NODE --model CKPT --index DIR [--modality MR --date-from 2024-01-01 ...] [--keep] [--cache DIR]
   hlip index info DIR
+
+NODE is a PACS (a DICOMweb URL, dicom://CALLED_AET@host:port or a name from pacs_nodes.json; a folder that
+exists is a library): its studies matching the filters are retrieved one by one into the study cache,
+embedded, and dropped from the cache again unless --keep. Each records its node and StudyInstanceUID, so a
+search hit opens by retrieving it (hlip_engine.pacs.hits.study_path_of_hit). --resume retrieves only the
+studies not yet in the index (and those the PACS failed to deliver before).
 
 Scale-out: ``torchrun --nproc_per_node=G -m hlip_engine.index build ...`` shards the library
 across GPUs/nodes (DIR on a shared filesystem); rank 0 merges and publishes one index.
@@ -13,14 +20,24 @@ import json
 import sys
 
 NAME = "index"
-HELP = "build a searchable index of a study library (hlip index build ...), or show one (hlip index info)"
+HELP = ("build a searchable index of a study library or a PACS (hlip index build ...), or show one "
+        "(hlip index info)")
+PACS_FILTERS = (("--patient-id", "only this patient's studies"), ("--patient-name", "DICOM name, e.g. DOE^JANE"),
+                ("--accession", "only this accession number"), ("--modality", "a modality in the study, e.g. MR"),
+                ("--date-from", "YYYY-MM-DD (inclusive)"), ("--date-to", "YYYY-MM-DD (inclusive)"),
+                ("--description", "a part of the study description"))
+PACS_OPTIONS = tuple((flag, flag[2:].replace("-", "_")) for flag, _ in PACS_FILTERS) + tuple(
+    (flag, flag[2:].replace("-", "_")) for flag in ("--limit", "--keep", "--cache", "--calling-aet", "--move-port",
+                                                   "--timeout"))
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="embed every study under LIBRARY into the index DIR",
                        description="Embed every study under LIBRARY with a model into a FAISS + SQLite index.")
-    b.add_argument("library", help="folder of studies (DICOM, NIfTI, HLIP tensors), searched recursively")
+    b.add_argument("library", metavar="LIBRARY|NODE",
+                   help="folder of studies (DICOM, NIfTI, HLIP tensors), searched recursively; or a PACS node: "
+                        "https://host/dicom-web, dicom://CALLED_AET@host:port, or a nodes-file name")
     b.add_argument("--model", required=True, help="model checkpoint (ours, official .pt, or a 2026 folder)")
     b.add_argument("--index", required=True, dest="index_dir", help="index folder to create or update")
     b.add_argument("--recipe", help="preprocessing recipe (default: the model's)")
@@ -39,6 +56,18 @@ def add_arguments(parser) -> None:
     b.add_argument("--flush-every", type=int, default=256, metavar="N",
                    help="studies per durable write to the build store (also every 30 s; default 256)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = b.add_argument_group("PACS (NODE only)", "which studies of the node, and where they pass through")
+    for flag, what in PACS_FILTERS:
+        p.add_argument(flag, default=None, help=what)
+    p.add_argument("--limit", type=int, default=None, help="at most this many studies")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the retrieved studies in the study cache (default: dropped once embedded)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="study cache folder (default: $HLIP_PACS_CACHE or the user cache)")
+    p.add_argument("--calling-aet", default=None, help="our AE title for DIMSE (default HLIPX)")
+    p.add_argument("--move-port", type=int, default=None,
+                   help="retrieve by C-MOVE to our own storage SCP on this port (PACSes that refuse C-GET)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for each PACS answer (default 30)")
     i = sub.add_parser("info", help="what an index holds: model, counts, index type, skipped studies")
     i.add_argument("index_dir", metavar="DIR")
     i.add_argument("--json", action="store_true", help="print info.json")
@@ -46,18 +75,49 @@ def add_arguments(parser) -> None:
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
 
 
+def _node_of(args):
+    """The PACS node ``args.library`` names, or None when it is a library (a file or folder that exists)."""
+    from pathlib import Path
+
+    from hlip_engine.pacs import PacsError, parse_node
+
+    text = args.library
+    if Path(text).exists():
+        given = [flag for flag, dest in PACS_OPTIONS if getattr(args, dest) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for a PACS node only; {text} is a library folder")
+        return None
+    try:
+        return parse_node(text, calling_aet=args.calling_aet, move_port=args.move_port, timeout=args.timeout)
+    except PacsError as e:
+        if "://" in text:
+            raise ValueError(str(e)) from None
+        raise ValueError(f"{text}: no such library folder, and not a PACS node ({e})") from None
+
+
 def run(args) -> int:
     if args.index_command == "info":
         return _info(args)
-    from hlip_engine.index.build import build_library
+    from hlip_engine.index.build import build_library, build_node
+    from hlip_engine.pacs import PacsError
 
     if args.workers < 0 or args.batch_size < 1:
         raise ValueError("--workers must be >= 0 and --batch-size >= 1")
-    report = build_library(args.library, args.model, args.index_dir, recipe=args.recipe, workers=args.workers,
-                           resume=args.resume, rebuild=args.rebuild, keep_identifiers=args.keep_identifiers,
-                           batch_size=args.batch_size, device=args.device, index_type=args.index_type,
-                           progress=not args.no_progress, flush_every=max(1, args.flush_every),
-                           log=lambda msg: print(msg, file=sys.stderr), reports=args.reports)
+    options = dict(recipe=args.recipe, workers=args.workers, resume=args.resume, rebuild=args.rebuild,
+                   keep_identifiers=args.keep_identifiers, batch_size=args.batch_size, device=args.device,
+                   index_type=args.index_type, progress=not args.no_progress, flush_every=max(1, args.flush_every),
+                   log=lambda msg: print(msg, file=sys.stderr), reports=args.reports)
+    node = _node_of(args)
+    try:
+        if node is None:
+            report = build_library(args.library, args.model, args.index_dir, **options)
+        else:
+            filters = {dest: getattr(args, dest) for flag, dest in PACS_OPTIONS[:len(PACS_FILTERS)]}
+            report = build_node(node, args.model, args.index_dir, filters=filters, keep=args.keep,
+                                cache=args.cache, limit=args.limit, **options)
+    except PacsError as e:  # a bad filter, a node that is down or refuses us: one line, never a traceback
+        print(f"hlip index: error: {e}", file=sys.stderr)
+        return 2
     if report.rank != 0:
         print(f"rank {report.rank}: " + report.lines()[0], file=sys.stderr)
         return 0

@@ -2,7 +2,8 @@
 
 ``StudyIndex`` (store.py) reads a published index; ``IndexBuild`` (index_build.py) writes one and its
 ``commit()`` returns the ``StudyIndex``; ``build_library`` (build.py) fills one from a folder of
-studies with a model, in parallel, resumably, and sharded under torchrun. Errors are types:
+studies with a model, in parallel, resumably, and sharded under torchrun; ``build_node`` does the same
+from a PACS (sources.py: retrieve, embed, drop), recording each study's node and StudyInstanceUID. Errors are types:
 ``IndexFormatError`` (corrupted, half-copied, other format), its ``ModelMismatchError`` (another model
 or recipe) and ``BuildConflictError`` (studies already there: --resume or --rebuild).
 """

@@ -3,6 +3,9 @@
 The same function runs alone or under torchrun (each rank embeds its shard, rank 0 merges and
 publishes; see shard.py). Everything finished is durable (build_store.py): kill -9 at any moment,
 then ``--resume`` continues with the studies not yet indexed or skipped.
+
+``build_node`` is the same build over the studies of a PACS node (sources.py): found by C-FIND / QIDO-RS,
+each retrieved into the study cache by a worker, embedded, then dropped from the cache unless ``keep``.
 """
 from __future__ import annotations
 
@@ -18,57 +21,11 @@ from ..preprocessing import model_recipe
 from ..search import encode_prepared
 from .files import IndexFormatError
 from .index_build import IndexBuild
-from .metadata import normalise_date
-from .reports import demographics, match_impression, read_impressions
+from .reports import match_impression, read_impressions
 from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
+from .sources import FolderSource, NodeSource, _one_line, prepare_study, study_key
 
-
-def study_key(ref) -> str:
-    """What a resumed build recognises a study by: where it lives + its StudyInstanceUID."""
-    return f"{ref.source}#{ref.uid}"
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def prepare_study(ref, recipe: str, options: dict) -> dict[str, Any]:
-    """Load + preprocess one study (runs in a worker process). Never raises: a failure is a skip reason."""
-    from hlip_engine.io import load_study
-    from hlip_engine.preprocessing import preprocess
-
-    meta = {"key": study_key(ref), "path": ref.source, "study_uid": ref.uid, "date": ref.date,
-            "modality": ref.modality.split("/")[0], "description": ref.description}
-    try:
-        study = load_study(ref)
-        prepared = preprocess(study, recipe, **options)
-    except Exception as e:  # noqa: BLE001 - one bad study must not stop a million-study build
-        kind = "" if isinstance(e, ValueError | OSError) else f"{type(e).__name__}: "
-        return {"meta": meta, "tensor": None, "reason": kind + _one_line(e)}
-    meta.update(study_uid=study.uid or ref.uid, description=study.description or ref.description,
-                modality=(study.modality or meta["modality"]).split("/")[0], n_scans=len(study.scans),
-                model_scans=int(prepared.tensor.shape[0]), skipped_parts=len(study.skipped),
-                patient=study.patient)
-    try:
-        meta["date"] = normalise_date(study.date or ref.date)
-    except ValueError:
-        meta["date"], meta["date_raw"] = "", str(study.date)
-    meta.update(demographics(study.patient, str(study.date or "")))
-    return {"meta": meta, "tensor": prepared.tensor, "reason": ""}
-
-
-class _Library:
-    """A torch Dataset over study references, so DataLoader workers load and preprocess in parallel."""
-
-    def __init__(self, refs: list, recipe: str, options: dict):
-        self.refs, self.recipe, self.options = refs, recipe, options
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return prepare_study(self.refs[i], self.recipe, self.options)
+__all__ = ["BuildReport", "build_library", "build_node", "prepare_study", "study_key"]
 
 
 def _as_is(item):
@@ -90,10 +47,16 @@ class BuildReport:
     index_type: str = ""
     error: str = ""
     rank: int = 0
+    where: str = "under"  # "under" a library folder, "on" a PACS node
+
+    @property
+    def rate(self) -> float:
+        """Studies indexed per second in this run (finding them, loading the model and publishing included)."""
+        return self.indexed / self.seconds if self.seconds else 0.0
 
     def lines(self, max_skipped: int = 50) -> list[str]:
-        rate = self.indexed / self.seconds if self.seconds else 0.0
-        out = [f"{self.discovered} studies found under {self.library}; {self.already_done} done in earlier runs; "
+        rate = self.rate
+        out = [f"{self.discovered} studies found {self.where} {self.library}; {self.already_done} done in earlier runs; "
                f"indexed {self.indexed}, skipped {len(self.skipped)} in {self.seconds:.1f} s ({rate:.2f} studies/s)"]
         for path, reason in self.skipped[:max_skipped]:
             out.append(f"  skipped {path}: {reason}")
@@ -114,39 +77,63 @@ def build_library(library: str | Path, checkpoint: str | Path, index_dir: str | 
 
     reports: a JSON/CSV of report texts (as ``training.prepare --reports``): each study's impression is
     recorded with it (``impression``), for search hits to show."""
+    return _run(FolderSource(library), checkpoint, index_dir, recipe=recipe, workers=workers, resume=resume,
+                rebuild=rebuild, keep_identifiers=keep_identifiers, batch_size=batch_size, device=device,
+                index_type=index_type, progress=progress, flush_every=flush_every, flush_seconds=flush_seconds,
+                log=log, reports=reports)
+
+
+def build_node(node, checkpoint: str | Path, index_dir: str | Path, *, filters: dict | None = None,
+               keep: bool = False, cache=None, limit: int | None = None, **options) -> BuildReport:
+    """Embed every study on the PACS ``node`` (a :class:`~hlip_engine.pacs.Node`, a URL or a nodes-file name)
+    that matches ``filters`` (those of ``find_studies``: patient_id, accession, modality, date_from, date_to,
+    description, ...) into the index at ``index_dir``. Each study is retrieved into ``cache`` (a StudyCache or
+    its folder; default the user's study cache), embedded, and dropped from the cache again unless ``keep``.
+    Its metadata records ``node`` and ``study_uid``. Other options as :func:`build_library`; ``workers``
+    processes retrieve and load studies at once. A PacsError names the node when it cannot be searched."""
+    return _run(NodeSource(node, filters=filters, keep=keep, cache=cache, limit=limit), checkpoint, index_dir,
+                **options)
+
+
+def _run(source, checkpoint, index_dir, *, reports=None, **options) -> BuildReport:
     impressions = read_impressions(reports) if reports else {}
     ranks = Ranks.from_env()
     group = Group(ranks)
     try:
-        return _build(Path(library), Path(checkpoint), Path(index_dir), ranks, group, recipe=recipe,
-                      workers=workers, resume=resume, rebuild=rebuild, keep_identifiers=keep_identifiers,
-                      batch_size=batch_size, device=device, index_type=index_type, progress=progress,
-                      flush_every=flush_every, flush_seconds=flush_seconds, log=log, impressions=impressions)
+        return _build(source, Path(checkpoint), Path(index_dir), ranks, group, impressions=impressions,
+                      **_defaults(options))
     finally:
         group.close()
 
 
-def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, rebuild, keep_identifiers,
+def _defaults(options: dict) -> dict:
+    out = dict(recipe=None, workers=2, resume=False, rebuild=False, keep_identifiers=False, batch_size=4,
+               device=None, index_type="auto", progress=True, flush_every=256, flush_seconds=30.0, log=print)
+    unknown = set(options) - set(out)
+    if unknown:
+        raise TypeError(f"unknown build option(s): {', '.join(sorted(unknown))}")
+    return {**out, **options}
+
+
+def _build(source, checkpoint, root, ranks, group, *, recipe, workers, resume, rebuild, keep_identifiers,
            batch_size, device, index_type, progress, flush_every, flush_seconds, log,
            impressions=None) -> BuildReport:
     import torch
 
-    from hlip_engine.io import discover
     from hlip_engine.model import load_model
 
     t0 = time.time()
-    report = BuildReport(str(library), str(root), rank=ranks.rank)
+    report = BuildReport(source.label, str(root), rank=ranks.rank, where=source.where)
     say = log if ranks.rank == 0 else (lambda msg: None)
 
-    # 1. rank 0 finds the studies (headers only) and tells the others
+    # 1. rank 0 finds the studies (headers only, or a C-FIND / QIDO-RS search) and tells the others
     found: Any = None
     if ranks.rank == 0:
         try:
             if not Path(checkpoint).exists():
                 raise FileNotFoundError(f"{checkpoint}: no such model checkpoint")
-            refs = discover(library.resolve(), progress=progress)  # absolute paths: keys survive a cd
-            found = refs if refs else ValueError(f"{library}: no studies found (empty library?)")
-        except (ValueError, OSError) as e:
+            found = source.find(progress)
+        except (ValueError, OSError, RuntimeError) as e:  # RuntimeError: a PacsError (down, refused, ...)
             found = ValueError(str(e))
     found = group.broadcast(found)
     if isinstance(found, Exception):
@@ -169,7 +156,9 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
     if ranks.rank == 0:
         try:
             index = IndexBuild.create(root, resume=resume, rebuild=rebuild, **ident)
-            done = finished_keys(root)  # the main store and any shards left by a killed torchrun build
+            # the main store and any shards left by a killed torchrun build; a PACS study that was not
+            # retrieved then is tried again
+            done = finished_keys(root, retry=source.retry_skip)
             todo = [r for r in refs if study_key(r) not in done]
         except (ValueError, OSError) as e:  # every rank raises the same error type (ModelMismatchError, ...)
             todo = e if isinstance(e, IndexFormatError) else ValueError(str(e))
@@ -183,9 +172,12 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
         f"{ident['architecture']} ({recipe}) on {model.device}" + (f" x {ranks.world_size} ranks" if ranks.distributed else ""))
     todo = todo[ranks.rank::ranks.world_size]
 
-    _embed(model, index, todo, recipe, options, report, workers=workers, batch_size=batch_size,
-           progress=progress, flush_every=flush_every, flush_seconds=flush_seconds, ranks=ranks,
-           impressions=impressions or {})
+    dataset = source.dataset(todo, recipe, options)
+    try:
+        _embed(model, index, dataset, report, workers=workers, batch_size=batch_size, progress=progress,
+               flush_every=flush_every, flush_seconds=flush_seconds, ranks=ranks, impressions=impressions or {})
+    finally:
+        dataset.close()
 
     # 5. every rank done -> rank 0 merges the shards and publishes
     group.barrier()
@@ -195,7 +187,7 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
             say(f"merged {added} studies from other ranks")
         try:
             published = index.commit(index_type=index_type, log=say, extra_info={
-                "checkpoint": str(checkpoint.resolve()), "library": str(library.resolve()),
+                "checkpoint": str(checkpoint.resolve()), **source.info(),
                 "preprocess": {"recipe": recipe, **options},
                 "build": {"world_size": ranks.world_size, "workers": workers, "device": str(model.device)}})
             info = published.info
@@ -210,18 +202,20 @@ def _build(library, checkpoint, root, ranks, group, *, recipe, workers, resume, 
     return report
 
 
-def _embed(model, index, todo, recipe, options, report, *, workers, batch_size, progress, flush_every,
+def _embed(model, index, dataset, report, *, workers, batch_size, progress, flush_every,
            flush_seconds, ranks, impressions=None) -> None:
-    """The loop: workers prepare studies, this process encodes them in batches and stores them durably."""
+    """The loop: workers prepare studies (and retrieve them, from a PACS), this process encodes them in
+    batches and stores them durably."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    if not todo:
+    if not len(dataset):
         return
-    loader = DataLoader(_Library(todo, recipe, options), batch_size=None, shuffle=False, num_workers=workers,
+    workers = min(workers, len(dataset), getattr(dataset, "max_workers", None) or workers)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         collate_fn=_as_is, prefetch_factor=2 if workers else None)
-    bar = tqdm(total=len(todo), unit="study", desc=f"rank {ranks.rank}" if ranks.distributed else "indexing",
+    bar = tqdm(total=len(dataset), unit="study", desc=f"rank {ranks.rank}" if ranks.distributed else "indexing",
                disable=not progress, dynamic_ncols=True, position=ranks.rank if ranks.distributed else None)
     ready: list[dict] = []  # prepared, waiting for a batch
     vectors: list[np.ndarray] = []  # encoded, waiting to be stored

@@ -207,6 +207,10 @@ class BuildStore:
     def has(self, key: str) -> bool:
         return self.con.execute("SELECT 1 FROM studies WHERE key=?", (key,)).fetchone() is not None
 
+    def indexed_keys(self) -> set[str]:
+        """Keys of the studies indexed (not those skipped)."""
+        return {r[0] for r in self.con.execute("SELECT key FROM studies")}
+
     def done_keys(self) -> set[str]:
         """Keys of studies finished in earlier runs: indexed or skipped with a reason."""
         done = {r[0] for r in self.con.execute("SELECT key FROM studies")}

@@ -84,15 +84,22 @@ class Group:
             self._dist.destroy_process_group()
 
 
-def finished_keys(root: Path) -> set[str]:
-    """Keys done in the main store or in any shard (read-only: other ranks may be writing)."""
+def finished_keys(root: Path, retry=None) -> set[str]:
+    """Keys done in the main store or in any shard (read-only: other ranks may be writing).
+
+    ``retry(reason)``: True for a skip reason that does not make a study done (a PACS study that was not
+    retrieved is tried again)."""
     done: set[str] = set()
     stores = [Path(root) / files.BUILD, *sorted((Path(root) / files.SHARDS).glob("rank-*"))]
     for folder in stores:
         if (folder / "build.sqlite").exists():
             store = BuildStore(folder, writable=False)
             try:
-                done |= store.done_keys()
+                if retry is None:
+                    done |= store.done_keys()
+                else:
+                    done |= store.indexed_keys()
+                    done |= {key for key, _path, reason in store.skipped() if not retry(reason)}
             finally:
                 store.close()
     return done
@@ -102,6 +109,7 @@ def merge_shards(main: BuildStore, root: Path, log=None) -> int:
     """Copy every shard's studies and skips into ``main`` (keys it lacks); remove the shards. Returns studies added."""
     say = log or (lambda msg: None)
     have = main.done_keys()
+    indexed = main.indexed_keys()  # a study a shard indexed that the main store only skipped (retried) joins
     added = 0
     for folder in sorted((Path(root) / files.SHARDS).glob("rank-*")):
         if not (folder / "build.sqlite").exists():
@@ -114,11 +122,12 @@ def merge_shards(main: BuildStore, root: Path, log=None) -> int:
             for start, rows in shard.chunks():
                 q = "SELECT * FROM studies WHERE id >= ? AND id < ? ORDER BY id"
                 metas = rows_to_dicts(shard.con.execute(q, (start, start + len(rows))))
-                keep = [j for j, rid in enumerate(range(start, start + len(rows))) if metas[rid]["key"] not in have]
+                keep = [j for j, rid in enumerate(range(start, start + len(rows))) if metas[rid]["key"] not in indexed]
                 if keep:
                     picked = [{k: v for k, v in metas[start + j].items() if k != "id"} for j in keep]
                     main.add(rows[keep], picked)
                     have.update(m["key"] for m in picked)
+                    indexed.update(m["key"] for m in picked)
                     added += len(keep)
             for key, path, reason in shard.skipped():
                 if key not in have:
