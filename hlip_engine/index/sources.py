@@ -56,6 +56,8 @@ def prepare_study(ref, recipe: str, options: dict) -> dict[str, Any]:
     except ValueError:
         meta["date"], meta["date_raw"] = "", str(study.date)
     meta.update(demographics(study.patient, str(study.date or "")))
+    if (study.report or {}).get("impression"):  # the study's own report (a DICOM SR); --reports overrides it
+        meta["impression"] = study.report["impression"]
     return {"meta": meta, "tensor": prepared.tensor, "reason": ""}
 
 

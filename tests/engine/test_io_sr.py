@@ -103,3 +103,36 @@ def test_sr_test_file_and_non_sr_files():
 
 def test_study_without_sr_has_no_report(tmp_path):
     assert load_study(_study_folder(tmp_path)).report == {}
+
+
+def test_index_build_records_the_sr_impression_and_reports_override_it(tmp_path):
+    """A study's own report reaches its index entry (what search hits show); a --reports file wins."""
+    import json
+
+    import torch
+
+    from hlip_engine.cli import main as hlip
+    from hlip_engine.index import StudyIndex
+    from hlip_engine.model import create_model
+
+    library = tmp_path / "library"
+    folder = _study_folder(library / "study01")
+    write_sr(folder / "sr" / "report.dcm", [("Impression", "121073", ["Small right frontal meningioma."])])
+    other_uid = "1.2.826.0.1.3680043.8.498.4243"
+    vox = np.random.default_rng(2).integers(0, 300, size=(10, 24, 24)).astype(np.int16)
+    write_dicom_series(Scan(vox, np.diag([1.0, 1.0, 4.0, 1.0]), modality="MR"), library / "study02" / "ax",
+                       study_uid=other_uid, series_number=2)
+    torch.manual_seed(0)
+    ckpt = create_model("hlip_tiny").save(tmp_path / "tiny.safetensors")
+    args = ["index", "build", str(library), "--model", str(ckpt), "--workers", "0", "--no-progress"]
+    assert hlip(args + ["--index", str(tmp_path / "a")]) == 0
+    index = StudyIndex.open(tmp_path / "a")
+    by_uid = {m["study_uid"]: m for m in index.metadata(range(len(index)))}
+    assert by_uid[STUDY]["impression"] == "Small right frontal meningioma."
+    assert "impression" not in by_uid[other_uid]  # no report, nothing invented
+    reports = tmp_path / "reports.json"
+    reports.write_text(json.dumps({STUDY: "IMPRESSION: Meningioma, unchanged from the prior."}))
+    assert hlip(args + ["--index", str(tmp_path / "b"), "--reports", str(reports)]) == 0
+    index = StudyIndex.open(tmp_path / "b")
+    by_uid = {m["study_uid"]: m for m in index.metadata(range(len(index)))}
+    assert "unchanged from the prior" in by_uid[STUDY]["impression"]
