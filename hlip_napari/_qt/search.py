@@ -8,6 +8,7 @@ which searches its own index. Both answer the ``hlip search --json`` document.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -79,10 +80,20 @@ def parse_hits(doc: dict) -> dict:
             "seconds": float(doc.get("seconds") or 0.0), "size": int(doc.get("size") or 0)}
 
 
-def open_job(path: str):
-    yield f"reading {path}"
+def open_job(hit):
+    """Worker: a hit's study, loaded. ``hit`` is an index row (or a path); a hit of an index built from a
+    PACS (``hlip index build NODE``) whose folder is gone is retrieved from its node first."""
     from .._reader import load_studies
 
+    hit = {"path": hit} if isinstance(hit, str) else dict(hit)
+    path = str(_field(hit, "path", "source") or "")
+    if hit.get("node") and hit.get("study_uid"):
+        from hlip_engine.pacs.hits import study_path_of_hit
+
+        if not (path and Path(path).exists()):
+            yield f"retrieving the study from {hit['node']}"
+        path = str(study_path_of_hit(hit))
+    yield f"reading {path}"
     return load_studies(path)
 
 
@@ -275,14 +286,17 @@ class SearchWidget(QWidget):
         """Open a result study (loaded in a worker) into the viewer."""
         if not 0 <= row < len(self.rows):
             return None
-        path = str(_field(self.rows[row], "path", "source"))
-        if not path:
+        hit = self.rows[row]
+        path = str(_field(hit, "path", "source") or "")
+        if not path and not hit.get("node"):
             from napari.utils.notifications import show_warning
 
             show_warning("This index row has no study path; rebuild the index with `hlip index build`.")
             return None
-        self.status.setText(f"Opening {path} …")
-        return self.open.start(open_job, path, steps=1, on_done=lambda studies: self._opened(studies, path))
+        where = path if path and (not hit.get("node") or Path(path).exists()) else \
+            f"{hit.get('study_uid')} from {hit.get('node')}"
+        self.status.setText(f"Opening {where} …")
+        return self.open.start(open_job, hit, steps=2, on_done=lambda studies: self._opened(studies, where))
 
     def _opened(self, studies, path: str) -> None:
         from .._layers import show_study_gradually

@@ -89,3 +89,38 @@ def test_cancel_keeps_nothing_half_retrieved(orthanc, make_napari_viewer, qtbot)
     pacs.retrieve(0)
     qtbot.waitUntil(lambda: browser.study is not None, timeout=60_000)
     assert browser.study.uid == CT_STUDY_UID and browser.study.scans[0].shape == (300, 256, 256)
+
+
+def test_a_search_hit_of_a_pacs_built_index_opens_by_retrieving_it(orthanc, library, make_napari_viewer, qtbot,
+                                                                    tmp_path):
+    """`hlip index build NODE` drops the pixels once embedded; double-clicking the hit in the Search widget
+    retrieves the study from its node again and opens it."""
+    from pathlib import Path
+
+    from hlip_engine.index.build import build_node
+    from hlip_napari._launch import dock_widgets
+    from hlip_napari._layers import scan_layers
+    from hlip_napari._session import SETTINGS
+
+    a = library["phantoms"][0]
+    ckpt = Path(__file__).resolve().parents[2] / "hlip_engine" / "weights" / "hlip_demo.safetensors"
+    report = build_node(orthanc.dicomweb_url, ckpt, tmp_path / "ix", filters={"description": a["description"],
+                        "date_from": a["date"], "date_to": a["date"]}, workers=0, progress=False,
+                        log=lambda _m: None)
+    assert report.indexed == 1 and not report.skipped
+    assert not StudyCache().complete(a["uid"])  # embedded, then dropped from the cache
+
+    viewer = make_napari_viewer(show=True)
+    search = dock_widgets(viewer, ("Search studies",))["Search studies"]
+    SETTINGS.update(checkpoint=str(ckpt), text_model="", device="cpu")
+    search.set_index(str(tmp_path / "ix"))
+    search.search("a brain study")
+    qtbot.waitUntil(lambda: search.table.rowCount() == 1, timeout=60_000)
+    hit = search.rows[0]
+    assert hit["node"] == orthanc.dicomweb_url and hit["study_uid"] == a["uid"]
+    search.open_result(0)
+    local = load_study(a["path"])
+    qtbot.waitUntil(lambda: len(scan_layers(viewer)) == len(local.scans), timeout=60_000)
+    assert {layer.metadata["study_uid"] for layer in scan_layers(viewer)} == {a["uid"]}
+    assert StudyCache().complete(a["uid"])  # retrieved again, whole
+    qtbot.waitUntil(lambda: search.status.text().startswith("Opened"), timeout=30_000)
