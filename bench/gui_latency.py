@@ -61,7 +61,7 @@ def settle(app, seconds: float = 0.3) -> None:
         time.sleep(0.002)
 
 
-def write_study(folder: Path, n_series: int, slices: int, size: int) -> Path:
+def write_study(folder: Path, n_series: int, slices: int, size: int, uid: str = "1.2.826.0.1.3680043.8.498.1") -> Path:
     from hlip_engine.io import write_dicom_series
     from hlip_engine.study import Scan
 
@@ -72,7 +72,7 @@ def write_study(folder: Path, n_series: int, slices: int, size: int) -> Path:
         affine[:3, :3] = np.diag([0.5 * 512 / size, 0.5 * 512 / size, 1.0 + s])
         affine[:3, 3] = (-128.0, -128.0, -40.0)
         write_dicom_series(Scan(voxels=vol, affine=affine, modality="CT", description=f"HEAD SERIES {s + 1}"),
-                           folder / f"s{s + 1}", study_uid="1.2.826.0.1.3680043.8.498.1", series_number=s + 1,
+                           folder / f"s{s + 1}", study_uid=uid, series_number=s + 1,
                            study_description="CT HEAD", study_date="20240103")
     return folder
 
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     model.save(checkpoint)
     SETTINGS.update(checkpoint=str(checkpoint), text_model="", device="cpu")
     folder = write_study(tmp / "study", args.series, args.slices, args.size)
+    second = write_study(tmp / "study2", args.series, args.slices, args.size, uid="1.2.826.0.1.3680043.8.498.2")
     index = write_index(tmp / "index", model, checkpoint)
 
     viewer = napari.Viewer(show=True)
@@ -137,6 +138,22 @@ def main(argv=None) -> int:
     out["open_study_ms"] = probe.worst(t0, t1)
     print("open: longest gaps (ms, at s):", probe.gaps(t0, t1))
     out["open_study_total_s"] = t1 - t0
+
+    # 1b. the next study (the first study of a napari session also pays one-off costs: GL shader programs
+    # of the image and overlay visuals, compiled in software by Mesa here); the one on screen closes
+    t0 = time.perf_counter()
+    browser.open_path(str(second))
+    wait_until(app, lambda: len(scan_layers(viewer)) == args.series and browser.study is not None
+               and browser.study.uid.endswith(".2") and browser.table.rowCount() == args.series)
+    settle(app, 0.3)
+    t1 = time.perf_counter()
+    out["open_next_study_ms"] = probe.worst(t0, t1)
+    print("open next: longest gaps (ms, at s):", probe.gaps(t0, t1))
+    # back to the first study for the overlays below
+    browser.open_path(str(folder))
+    wait_until(app, lambda: browser.study is not None and browser.study.uid.endswith(".1")
+               and len(scan_layers(viewer)) == args.series)
+    settle(app, 0.3)
 
     # 2. relevance overlays: computed off the clock (the widget's worker does it), inserted while probed
     from hlip_engine.relevance import relevance
@@ -181,7 +198,8 @@ def main(argv=None) -> int:
     out["load_average"] = os.getloadavg()[0]
     out["cpus"] = os.cpu_count() or 1
     out["study"] = f"{args.series} series x {args.slices} slices x {args.size}^2"
-    ok = all(out[k] <= LIMIT_MS for k in ("open_study_ms", "relevance_overlays_ms", "search_ms"))
+    ok = all(out[k] <= LIMIT_MS for k in ("open_study_ms", "open_next_study_ms", "relevance_overlays_ms",
+                                          "search_ms"))
     for key, value in out.items():
         print(f"{key:24s} {value:.1f}" if isinstance(value, float) else f"{key:24s} {value}")
     print("OK: every worst gap <= 100 ms" if ok else "OVER: a worst gap exceeds 100 ms")

@@ -139,7 +139,8 @@ class HangingWidget(QWidget):
             pass
 
     def _schedule(self, event=None) -> None:
-        if getattr(event, "value", None) is not None and event.value.metadata.get(KIND_KEY) == "crosshair":
+        value = getattr(event, "value", None)  # a layer (inserted, removed), or a layer's new data
+        if value is not None and getattr(value, "metadata", {}).get(KIND_KEY) == "crosshair":
             return
         if not self._pending:
             self._pending = True
@@ -153,7 +154,11 @@ class HangingWidget(QWidget):
                   and layer.metadata.get(KIND_KEY) in ("scan", "relevance")] if study is not None else []
         for plane, canvas in self.canvases.items():
             chosen = plane_layers(layers, plane)
-            if [id(x) for x in chosen] != [id(x) for x in canvas.sources]:
+            # the same layers with the same voxels: nothing to re-hang (a layer given new data in place,
+            # e.g. a relevance overlay of the next prompt, is hung again)
+            key = [(id(x), id(x.data)) for x in chosen]
+            if key != getattr(canvas, "_key", None):
+                canvas._key = key
                 self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
                 try:
                     canvas.show_layers(chosen, plane)
@@ -166,6 +171,7 @@ class HangingWidget(QWidget):
             if id(layer) not in self._watched:
                 self._watched.add(id(layer))
                 follow(self, layer.events.visible, self._schedule)
+                follow(self, layer.events.data, self._schedule)
         if not layers:
             return
         if tuple(self.viewer.dims.order) != PLANES["axial"][0]:

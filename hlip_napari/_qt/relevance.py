@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 from .. import _engine
 from .._layers import (
     SCAN_KEY,
+    STUDY_KEY,
     go_to,
     open_study_or_warn,
     relevance_colormap,
@@ -165,11 +166,20 @@ class RelevanceWidget(QWidget):
             kwargs["visible"] = base[k].visible if k in base else True
             tuples.append((data, kwargs, "image"))
         self.chart.show_bars(bars)
+        # the previous prompt's overlay of the same scan takes the new map in place (no layer removed and
+        # added: each removal costs napari a full garbage collection); the others go, new ones are added
+        reusable = {layer.metadata.get(SCAN_KEY): layer for layer in old
+                    if layer.metadata.get(STUDY_KEY) is study}
+        update = [(reusable.pop(t[1]["metadata"][SCAN_KEY]), t) for t in tuples
+                  if t[1]["metadata"][SCAN_KEY] in reusable]
+        updated = {id(layer) for layer, _t in update}
+        tuples = [t for t in tuples if all(t is not u for _l, u in update)]
+        old = list(reusable.values())
 
         def done(added):
             for layer in added:
                 k = layer.metadata[SCAN_KEY]
-                if k in base:  # the overlay follows its scan's show/hide
+                if k in base and id(layer) not in updated:  # the overlay follows its scan's show/hide
                     scan_layer = base[k]
                     scan_layer.events.visible.connect(
                         lambda _e, overlay=layer, scan=scan_layer: setattr(overlay, "visible", scan.visible))
@@ -182,7 +192,7 @@ class RelevanceWidget(QWidget):
                 self.viewer.layers.selection.active = added[0]
             self.result, self._pending = rel, False
 
-        add_gradually(self.viewer, tuples, done, remove=old)
+        add_gradually(self.viewer, tuples, done, remove=old, update=update)
 
     def restyle(self) -> None:
         """Apply the colour map, opacity and threshold to this prompt's overlays."""

@@ -151,6 +151,19 @@ def test_relevance_widget_overlays_each_scan_and_jumps_to_the_peak(tiny_checkpoi
     assert tuple(viewer.dims.order) == ((0, 1, 2) if study.scans[k].orientation == "axial" else (2, 0, 1))
     _grab(viewer, "Relevance map", screenshot_dir / "relevance.png")
 
+    # a second prompt: the same overlay layers take the new maps in place (no layer removed or added)
+    first = [np.array(o.data) for o in overlays]
+    rw.prompt.setText("infarct")
+    qtbot.keyClick(rw.prompt, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: rw.result is not None and rw.result.prompt == "infarct", timeout=120_000)
+    again = scan_layers(viewer, study, kind="relevance")
+    assert [id(o) for o in again] == [id(o) for o in overlays] and len(viewer.layers) == 4
+    assert all("infarct" in o.name and o.metadata["prompt"] == "infarct" for o in again)
+    assert any(not np.array_equal(np.asarray(o.data), f) for o, f in zip(again, first))
+    assert max(float(o.data.max()) for o in again) == pytest.approx(1.0)  # the new maps, normalised
+    scans[0].visible = True
+    assert again[0].visible  # still follows its scan, connected once
+
 
 # --- search ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")

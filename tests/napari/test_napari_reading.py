@@ -236,6 +236,25 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
     for _ in range(5):
         QApplication.processEvents()
     save_screenshot(viewer, screenshot_dir / "hanging_3up_crosshair.png")
+
+    # a relevance overlay hangs in the planes too, and its next map (given in place) replaces the copy's
+    from hlip_napari._layers import relevance_layer_data, update_layer
+
+    study = browser.study
+    k = next(i for i, s in enumerate(study.scans) if s.orientation == "sagittal")
+    data, kwargs, _ = relevance_layer_data(study, k, np.zeros(study.scans[k].shape, np.float32), "haemorrhage")
+    overlay = viewer.add_image(data, **kwargs)
+
+    def sag_overlay():
+        return next((x for x in sag_canvas.model.layers if x.metadata.get("hlip_kind") == "relevance"), None)
+
+    qtbot.waitUntil(lambda: sag_overlay() is not None, timeout=10_000)
+    assert float(np.asarray(sag_overlay().data).max()) == 0.0
+    data2, kwargs2, _ = relevance_layer_data(study, k, np.ones(study.scans[k].shape, np.float32), "subdural")
+    update_layer(overlay, data2, kwargs2)
+    qtbot.waitUntil(lambda: sag_overlay() is not None and float(np.asarray(sag_overlay().data).max()) == 1.0,
+                    timeout=10_000)
+    assert "subdural" in sag_overlay().name
     hanging.close_canvases()
     qtbot.wait(50)
 
@@ -262,3 +281,27 @@ def test_the_image_number_is_the_series_own_in_its_plane(tmp_path, make_napari_v
             assert (number, n) == (k + 1, scan.shape[0]), (scan.orientation, view, k)
         checked += int(view.flips[axis])
     assert checked >= 1  # one of the series runs against the viewer's axis: the case that matters
+
+
+def test_switching_studies_frees_the_old_one(make_napari_viewer, qtbot):
+    """Study after study: each closed study is freed, voxels and all (nothing keeps a closed study alive)."""
+    import gc
+    import weakref
+
+    from hlip_napari._layers import show_study_gradually
+
+    viewer = make_napari_viewer()
+    refs, done = [], []
+    for i in range(3):
+        study = tiny_study()
+        study.uid = f"1.2.826.0.1.3680043.8.498.90{i}"
+        refs.append(weakref.ref(study))
+        show_study_gradually(viewer, [study], lambda added: done.append(len(added)))
+        qtbot.waitUntil(lambda n=i: len(done) == n + 1, timeout=30_000)
+        assert {layer.metadata["study_uid"] for layer in scan_layers(viewer)} == {study.uid}
+        del study
+    for _ in range(20):  # Qt deletes the closed layers' controls on later event-loop turns
+        qtbot.wait(10)
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None  # the closed studies are gone, voxels and all
+    assert refs[2]() is not None  # the one on screen is not
