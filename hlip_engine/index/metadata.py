@@ -16,9 +16,10 @@ import numpy as np
 
 # what a radiologist filters and reads a hit by; everything else goes to the JSON column ``extra``
 COLUMNS = ("key", "path", "study_uid", "date", "modality", "description", "n_scans", "recipe")
-# dropped unless keep_identifiers (PatientInfo fields, with or without the "patient_" prefix)
+# dropped unless keep_identifiers (PatientInfo fields, with or without the "patient_" prefix); the age and
+# sex a build records (reports.demographics) are patient characteristics, not identifiers, and stay
 IDENTIFIER_KEYS = frozenset({"patient", "patient_name", "patient_id", "patient_birth_date", "patient_sex",
-                             "name", "id", "birth_date", "sex", "PatientName", "PatientID", "PatientBirthDate"})
+                             "name", "id", "birth_date", "PatientName", "PatientID", "PatientBirthDate"})
 
 STUDIES_SQL = """CREATE TABLE IF NOT EXISTS studies (
     id INTEGER PRIMARY KEY,     -- FAISS row id

@@ -126,14 +126,23 @@ def match_impression(impressions: dict[str, str], meta: dict) -> str:
     return ""
 
 
-def demographics(patient, study_date: str) -> dict:
-    """Age at the study in whole years (90 and over as 90, as HIPAA's Safe Harbor asks): what a hit shows.
+SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
 
-    Sex stays out: the index's identifier policy (metadata.IDENTIFIER_KEYS) drops it unless the build keeps
-    identifiers, and then it is stored as ``patient_sex``."""
+
+def demographics(patient, study_date: str) -> dict:
+    """Age at the study in whole years (90 and over as 90, as HIPAA's Safe Harbor asks) and sex (M / F / O):
+    what a hit shows. These are the patient characteristics that DICOM's de-identification keeps with its
+    "Retain Patient Characteristics" option (PS3.15 E.3.6) and that Safe Harbor does not count as identifiers;
+    name, ID and birth date never reach the index unless the build keeps identifiers."""
+    out = {}
+    sex = SEXES.get(str(getattr(patient, "sex", "") or "").strip().upper())
+    if sex:
+        out["sex"] = sex
     born = getattr(patient, "birth_date", "") or ""
     study_date = str(study_date or "")
     if not (len(born) == 8 and born.isdigit() and len(study_date) == 8 and study_date.isdigit()):
-        return {}
+        return out
     years = int(study_date[:4]) - int(born[:4]) - (1 if study_date[4:] < born[4:] else 0)
-    return {"age": min(years, 90)} if years >= 0 else {}
+    if years >= 0:
+        out["age"] = min(years, 90)
+    return out

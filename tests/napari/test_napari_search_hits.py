@@ -47,7 +47,8 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
     assert len(hits) == 2, out
     assert hits["MR BRAIN"]["impression"] == "Left frontal glioma with oedema."
     assert hits["CT HEAD"]["impression"] == CT_IMPRESSION  # matched by the study's folder name
-    assert hits["MR BRAIN"]["age"] == 66 and "sex" not in hits["MR BRAIN"]  # sex is an identifier here
+    assert hits["MR BRAIN"]["age"] == 66 and hits["MR BRAIN"]["sex"] == "F"  # patient characteristics
+    assert "birth_date" not in json.dumps(hits) and "19570301" not in json.dumps(hits)
     assert "Doe" not in json.dumps(hits) and "P123" not in json.dumps(hits)  # identifiers not stored
 
     use_model(tiny_checkpoint)
@@ -62,7 +63,7 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
     shown = {sw.table.item(r, 3).text(): r for r in range(2)}
     mr_row = shown["MR BRAIN"]
     assert sw.table.item(mr_row, IMPRESSION_COLUMN).text() == "Left frontal glioma with oedema."
-    assert sw.table.item(mr_row, COLUMNS.index("Age/Sex")).text() == "66 y"
+    assert sw.table.item(mr_row, COLUMNS.index("Age/Sex")).text() == "66 y F"
     assert "not a probability" in sw.table.horizontalHeaderItem(0).toolTip()
     viewer.window._wrapped_dock_widgets["Search studies (hlip-napari)"].raise_()
     save_screenshot(viewer, screenshot_dir / "search_impressions.png")
