@@ -10,6 +10,7 @@
     rel = engine.relevance(study, "glioma")               # maps on each scan's own voxel grid
     rel.volumes, rel.volume_scans, rel.scan_importance, rel.peak(), rel.peak_slices()
     engine.embed(study)                                    # float32 [E]
+    engine.download_study("1.2.3", "/cache/1.2.3")        # a hit of the server's index, as local files
 
 A study is a path (DICOM folder, NIfTI file or folder), a loaded :class:`~hlip_engine.study.Study` (its
 ``source`` is sent), or ``study_uid=`` for a study the server holds. Local files are zipped and uploaded;
@@ -40,10 +41,11 @@ import numpy as np
 
 from .relevance.maps import Relevance  # torch-free: the result type the engine returns
 
-__all__ = ["EngineError", "RemoteEngine", "RemoteRelevance", "zip_study"]
+__all__ = ["EngineError", "RemoteEngine", "RemoteRelevance", "unpack_study_zip", "zip_study"]
 
 KINDS = {401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 415: "bad_request", 422: "bad_request",
          400: "bad_request", 409: "bad_request", 429: "busy"}
+DOWNLOAD_CHUNK = 1 << 20
 
 
 class EngineError(Exception):
@@ -235,16 +237,54 @@ class RemoteEngine:
                                   kind="down") from None
         status, resp_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
         if status >= 400:
-            try:
-                detail = str(json.loads(data).get("detail") or "")
-            except (ValueError, AttributeError):
-                detail = data[:200].decode("utf-8", "replace")
-            detail = " ".join(detail.split()) or http.client.responses.get(status, "error")
-            retry = resp_headers.get("retry-after")
-            retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
-            raise EngineError(_describe(status, detail, self.url, retry_after), status,
-                              KINDS.get(status, "server" if status >= 500 else "bad_request"), retry_after)
+            self._raise_for(status, resp_headers, data)
         return status, resp_headers, data
+
+    def _raise_for(self, status: int, resp_headers: dict, data: bytes):
+        try:
+            detail = str(json.loads(data).get("detail") or "")
+        except (ValueError, AttributeError):
+            detail = data[:200].decode("utf-8", "replace")
+        detail = " ".join(detail.split()) or http.client.responses.get(status, "error")
+        retry = resp_headers.get("retry-after")
+        retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+        raise EngineError(_describe(status, detail, self.url, retry_after), status,
+                          KINDS.get(status, "server" if status >= 500 else "bad_request"), retry_after)
+
+    def _download(self, route: str, out) -> int:
+        """GET ``route`` and stream its body into the file object ``out`` (never all in memory)."""
+        headers = {"Accept": "application/zip, application/json", "Authorization": f"Bearer {self.token}"}
+        for attempt in (0, 1):
+            conn = self._connection(fresh=attempt > 0)
+            try:
+                conn.request("GET", self._prefix + route, headers=headers)
+                resp = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                if attempt:
+                    raise EngineError(f"the server at {self.url} closed the connection ({e})", kind="down") from None
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise EngineError(f"the server at {self.url} is not reachable ({type(e).__name__}: {e})",
+                                  kind="down") from None
+        resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+        try:
+            if resp.status >= 400:
+                self._raise_for(resp.status, resp_headers, resp.read(1 << 16))
+            size = 0
+            while chunk := resp.read(DOWNLOAD_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+            if resp.length:  # a Content-Length answer that stopped short (a chunked one raises IncompleteRead)
+                raise EngineError(f"the server at {self.url} ended the download early", kind="down")
+            return size
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise EngineError(f"the download from {self.url} broke off ({type(e).__name__}: {e})",
+                              kind="down") from None
+        except BaseException:
+            self.close()  # a half-read answer must not be left on a kept-alive connection
+            raise
 
     def _json(self, *args, **kwargs) -> dict:
         _status, _headers, data = self.request(*args, **kwargs)
@@ -315,6 +355,82 @@ class RemoteEngine:
         """The study's L2-normalised embedding, float32 [E] (as ``hlip embed``)."""
         doc = self._study_request("POST", "/v1/embed", study, study_uid, [], lambda r: json.loads(r[2]))
         return np.asarray(doc["embedding"], dtype=np.float32)
+
+    def download_study(self, study_uid: str, dest_dir) -> Path:
+        """A study of the server's index, as its files: downloaded (streamed to disk) and unpacked into the
+        fresh folder ``dest_dir`` (it must not exist yet), which is returned.
+
+        Atomic: the files are unpacked into a hidden sibling folder that is renamed to ``dest_dir`` only when
+        the whole study is there, so an interrupted download never leaves a ``dest_dir``. Zip-slip safe: an
+        entry that is absolute, climbs with ``..``, or is a link refuses the whole download. Raises
+        EngineError (``not_found`` for a UID the server does not hold) and FileExistsError."""
+        from .atomic import atomic_dir
+
+        uid = str(study_uid or "").strip()
+        if not uid or len(uid) > 128 or not all(c.isalnum() or c in ".-_" for c in uid) or set(uid) == {"."}:
+            raise EngineError(f"not a StudyInstanceUID: {study_uid!r}", kind="bad_request")
+        dest = Path(dest_dir)
+        if dest.exists():
+            raise FileExistsError(f"{dest} already exists: download into a fresh folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest.parent, prefix=".download-") as archive:
+            self._download(f"/v1/studies/{uid}", archive)
+            archive.seek(0)
+            with atomic_dir(dest) as tmp:
+                n = unpack_study_zip(archive, tmp)
+                if n == 0:
+                    raise EngineError(f"the server sent no files for study {uid}", kind="server")
+        return dest
+
+
+def _zip_target(root: Path, name: str) -> Path | None:
+    """Where zip entry ``name`` goes under ``root``; None for folders; EngineError for one that leaves it."""
+    from pathlib import PurePosixPath
+
+    clean = name.replace("\\", "/")
+    pure = PurePosixPath(clean)
+    if "\x00" in name or clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in pure.parts:
+        raise EngineError(f"the server's zip has an entry outside the study ({name!r}): refused", kind="server")
+    parts = [p for p in pure.parts if p not in ("", ".")]
+    if not parts or clean.endswith("/"):
+        return None
+    target = (root / Path(*parts)).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise EngineError(f"the server's zip has an entry outside the study ({name!r}): refused", kind="server")
+    return target
+
+
+def unpack_study_zip(archive, root: Path) -> int:
+    """Unpack a study zip (a path or file object) into the existing folder ``root``, zip-slip safe: an entry
+    that is absolute, climbs with ``..``, is a link, or resolves outside ``root`` refuses the whole zip.
+    Returns the number of files written."""
+    import stat
+
+    root = Path(root)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise EngineError(f"the server's answer is not a zip ({e})", kind="server") from None
+    files = 0
+    with zf:
+        for info in zf.infolist():
+            if stat.S_ISLNK((info.external_attr >> 16) & 0xFFFF):
+                raise EngineError(f"the server's zip has a link ({info.filename!r}): refused", kind="server")
+            target = _zip_target(root, info.filename)
+            if target is None:
+                continue
+            if target.exists():
+                raise EngineError(f"the server's zip holds {info.filename!r} twice", kind="server")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(DOWNLOAD_CHUNK):
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, EOFError) as e:
+                raise EngineError(f"the server's zip entry {info.filename!r} cannot be read ({e})",
+                                  kind="server") from None
+            files += 1
+    return files
 
 
 def _rewind(body) -> bool:

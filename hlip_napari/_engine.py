@@ -10,6 +10,7 @@
     engine.relevance_methods(); engine.prompt_sets(); engine.describe()
     yield from engine.warm_up(index_path)          # a worker's progress: loading the model / the index
     engine.model_config()                          # what picks the model's default prompt set
+    path = engine.open_hit(hit)                    # a search hit's study on this computer (a server's: downloaded)
 
 Both engines answer with the same documents (the server's are the CLI's ``--json`` documents, and the local
 one builds them with the same engine functions), so a widget parses one shape and shows the same numbers
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +36,8 @@ KINDS = ("local", "server")
 LABELS = {"local": "this computer", "server": "server"}
 KEYRING_SERVICE = "hlip-napari"
 
-__all__ = ["EngineError", "EngineSettings", "LocalEngine", "ServerEngine", "current_engine", "forget_token",
-           "load_token", "ready", "save_token"]
+__all__ = ["EngineError", "EngineSettings", "LocalEngine", "ServerEngine", "cache_dir", "current_engine",
+           "forget_token", "load_token", "ready", "save_token"]
 
 
 # --- the choice, remembered ----------------------------------------------------------------------------
@@ -227,6 +229,20 @@ class LocalEngine:
         return relevance(model, model.prepare(study), prompt, templates=templates or None, method=method,
                          output=output)
 
+    def open_hit(self, hit) -> Path:
+        """Where a search hit's study is on this computer: its recorded path, or for a hit of a PACS-built
+        index (``node`` + ``study_uid``) the study retrieved again from its node when its folder is gone."""
+        hit = _hit_dict(hit)
+        if hit.get("node") and hit.get("study_uid"):
+            from hlip_engine.pacs.hits import study_path_of_hit
+
+            return Path(study_path_of_hit(hit))
+        path = str(hit.get("path") or hit.get("source") or "")
+        if not path:
+            raise EngineError("this search hit records no study path; rebuild the index with `hlip index build`",
+                              kind="bad_request")
+        return Path(path)
+
 
 # --- a server ---------------------------------------------------------------------------------------------
 class ServerEngine:
@@ -296,6 +312,54 @@ class ServerEngine:
     def relevance(self, study, prompt, *, templates=None, method: str | None = None, output: int = 0):
         return self.client.relevance(study, prompt, templates=templates or None, method=method, output=output)
 
+    def study_folder(self, study_uid: str) -> Path:
+        """Where a study downloaded from a server is kept: the plugin's cache folder, by StudyInstanceUID."""
+        return cache_dir() / "server-studies" / str(study_uid)
+
+    def open_hit(self, hit) -> Path:
+        """A search hit of the server's index, on this computer: its study downloaded from the server (its
+        ``path`` is a folder on the server) into the plugin's cache folder, by StudyInstanceUID; a study
+        downloaded before is reused. The download is atomic: an interrupted one leaves no folder."""
+        hit = _hit_dict(hit)
+        uid = str(hit.get("study_uid") or "").strip()
+        if not uid:
+            raise EngineError("this search hit records no StudyInstanceUID to ask the server for",
+                              kind="bad_request")
+        folder = self.study_folder(uid)
+        if folder.parent != self.study_folder("x").parent or uid in (".", ".."):  # a UID that is a path
+            raise EngineError(f"not a StudyInstanceUID: {uid!r}", kind="bad_request")
+        if folder.is_dir():
+            return folder
+        try:
+            return self.client.download_study(uid, folder)
+        except FileExistsError:
+            return folder  # another worker downloaded it meanwhile
+        except OSError:
+            if folder.is_dir():  # the same, caught at the rename
+                return folder
+            raise
+
+
+def cache_dir() -> Path:
+    """The plugin's cache folder: ``HLIP_NAPARI_CACHE_DIR``, else the user's cache folder for hlip-napari."""
+    import os
+
+    env = os.environ.get("HLIP_NAPARI_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("hlip-napari"))
+
+
+def _hit_dict(hit) -> dict[str, Any]:
+    """A hit as a dict: a row of the ``hlip search --json`` document, a ``search.Hit``, or a path."""
+    if isinstance(hit, (str, Path)):
+        return {"path": str(hit)}
+    if not isinstance(hit, dict) and hasattr(hit, "meta"):
+        return dict(hit.meta)
+    return dict(hit)
+
 
 def server_model_config(info: dict[str, Any]) -> dict[str, Any]:
     """{name, preprocess, zeroshot} of the served model, from ``/v1/info``, without torch.
@@ -313,8 +377,6 @@ def server_model_config(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _registered_zeroshot(name) -> dict[str, Any]:
-    from pathlib import Path
-
     import hlip_engine
 
     if not name or not str(name).replace("_", "").replace("-", "").isalnum():

@@ -4,6 +4,8 @@ Every route but ``/v1/health`` needs ``Authorization: Bearer TOKEN``. A study is
 request body (``application/zip``: its DICOM/NIfTI files) or as JSON ``{"study_uid": ...}`` naming a study
 of the index (or of ``--pacs``). A client never names a server path: the JSON models forbid extra keys, so
 ``{"path": "/etc/passwd"}`` is a 422. Every client mistake is a 4xx with ``{"detail": "one line"}``.
+``GET /v1/studies/{study_uid}`` sends a study of the index back as its files (a zip, streamed), so that a
+search hit, whose ``path`` is a folder on the server, opens on the client; the UID is a key of the index only.
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -165,6 +167,20 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
     async def openapi() -> dict:
         return app.openapi()
+
+    @app.get("/v1/studies/{study_uid}", tags=["studies"], dependencies=auth, response_class=StreamingResponse,
+             responses={200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the study's DICOM/NIfTI files as stored, under their names "
+                                             "relative to the study's folder"},
+                        404: {"description": "the UID is not in the index, or its files cannot be had"}})
+    async def study(study_uid: Annotated[str, Path(min_length=1, max_length=128, pattern=UID_PATTERN,
+                                                   description="StudyInstanceUID of a study of the index")]):
+        """An indexed study's files as a zip (streamed), so that a search hit opens on the client."""
+        from .downloads import zip_stream
+
+        name, files = await engine.on_prep(engine.study_download, study_uid)
+        return StreamingResponse(zip_stream(files), media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.post("/v1/search", tags=["questions"], dependencies=auth, openapi_extra=_study_body(SearchRequest))
     async def search(request: Request,

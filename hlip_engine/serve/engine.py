@@ -181,6 +181,40 @@ class Engine:
         except PacsError as e:
             raise ClientError(404, f"study {uid} is not in the index, and {self.config.pacs} says: {e}") from None
 
+    def study_download(self, uid: str) -> tuple[str, list[tuple[Path, str]]]:
+        """(zip name, files) of an indexed study, for ``GET /v1/studies/{uid}``; runs in the prep pool.
+
+        Only a study of the index: the UID is a key of the index, never a path. A study of a PACS-built
+        index whose folder is gone is retrieved from its node (``study_path_of_hit``); 404 with the reason
+        when the UID is not in the index or the study cannot be had."""
+        from .downloads import files_or_404
+
+        with self.index_lock:
+            row = self.index.find(study_uid=uid)
+            meta = self.index.metadata([row])[0] if row is not None else None
+        if meta is None or str(meta.get("study_uid") or "") != uid:
+            raise ClientError(404, f"study {uid} is not in the index")
+        name = f"{uid}.zip"
+        path = Path(str(meta.get("path") or "")) if meta.get("path") else None
+        if meta.get("node"):
+            try:
+                from hlip_engine.pacs.hits import study_path_of_hit
+            except ImportError as e:
+                raise ClientError(404, f"study {uid} is not on the server, and its PACS client is missing "
+                                       f"({e})") from None
+            from hlip_engine.pacs import PacsError
+
+            try:
+                path = Path(study_path_of_hit(dict(meta)))
+            except PacsError as e:
+                raise ClientError(404, f"study {uid} is not on the server and cannot be retrieved: {e}") from None
+            except Exception as e:  # noqa: BLE001 - a node the server cannot reach is not a server fault
+                raise ClientError(404, f"study {uid} is not on the server and cannot be retrieved from "
+                                       f"{meta.get('node')}: {type(e).__name__}: {e}") from None
+        if path is None or not path.exists():
+            raise ClientError(404, f"study {uid} is in the index but its files are no longer on the server")
+        return name, files_or_404(path, uid)
+
     def _load(self, source: tuple[str, Any]) -> StudyJob:
         """(kind, value) -> StudyJob; runs in the prep pool. kind: "upload" (UploadFolder) or "uid"."""
         kind, value = source

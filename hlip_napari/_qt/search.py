@@ -59,7 +59,7 @@ def _date(text: str) -> str:
 
 
 def _age_sex(row: dict) -> str:
-    age, sex = row.get("age"), str(row.get("sex") or row.get("patient_sex") or "")  # sex: --keep-identifiers
+    age, sex = row.get("age"), str(row.get("sex") or row.get("patient_sex") or "")
     return " ".join(x for x in (f"{age} y" if age not in (None, "") else "", sex) if x)
 
 
@@ -80,19 +80,21 @@ def parse_hits(doc: dict) -> dict:
             "seconds": float(doc.get("seconds") or 0.0), "size": int(doc.get("size") or 0)}
 
 
-def open_job(hit):
-    """Worker: a hit's study, loaded. ``hit`` is an index row (or a path); a hit of an index built from a
-    PACS (``hlip index build NODE``) whose folder is gone is retrieved from its node first."""
+def open_job(hit, settings=None, engine_settings=None):
+    """Worker: a hit's study, loaded, through the chosen engine's ``open_hit``. ``hit`` is an index row (or a
+    path). On this computer it opens from its path; a hit of an index built from a PACS (``hlip index build
+    NODE``) whose folder is gone is retrieved from its node first. With a server, whose hits name folders on
+    the server, the study is downloaded into the plugin's cache (once: a later open reuses it)."""
     from .._reader import load_studies
 
     hit = {"path": hit} if isinstance(hit, str) else dict(hit)
+    engine = _engine.current_engine(settings, engine_settings)
     path = str(_field(hit, "path", "source") or "")
-    if hit.get("node") and hit.get("study_uid"):
-        from hlip_engine.pacs.hits import study_path_of_hit
-
-        if not (path and Path(path).exists()):
-            yield f"retrieving the study from {hit['node']}"
-        path = str(study_path_of_hit(hit))
+    if engine.kind == "server":
+        yield f"downloading study {hit.get('study_uid') or path} from {engine.url}"
+    elif hit.get("node") and hit.get("study_uid") and not (path and Path(path).exists()):
+        yield f"retrieving the study from {hit['node']}"
+    path = str(engine.open_hit(hit))
     yield f"reading {path}"
     return load_studies(path)
 
@@ -288,15 +290,29 @@ class SearchWidget(QWidget):
             return None
         hit = self.rows[row]
         path = str(_field(hit, "path", "source") or "")
-        if not path and not hit.get("node"):
+        engine_settings = self.model_box.engine_settings()
+        server = engine_settings.kind == "server"
+        if server and not hit.get("study_uid"):
+            from napari.utils.notifications import show_warning
+
+            show_warning("This search hit has no StudyInstanceUID to ask the server for; open it from a folder.")
+            return None
+        if not server and not path and not hit.get("node"):
             from napari.utils.notifications import show_warning
 
             show_warning("This index row has no study path; rebuild the index with `hlip index build`.")
             return None
-        where = path if path and (not hit.get("node") or Path(path).exists()) else \
-            f"{hit.get('study_uid')} from {hit.get('node')}"
+        if server:
+            where = f"{hit.get('study_uid')} from {engine_settings.url}"
+        elif path and (not hit.get("node") or Path(path).exists()):
+            where = path
+        else:
+            where = f"{hit.get('study_uid')} from {hit.get('node')}"
         self.status.setText(f"Opening {where} …")
-        return self.open.start(open_job, hit, steps=2, on_done=lambda studies: self._opened(studies, where))
+        return self.open.start(open_job, hit, self.model_box.settings(), engine_settings, steps=2,
+                               on_done=lambda studies: self._opened(studies, where),
+                               on_error=lambda _e: self.status.setText(f"Opening {where} failed (see the "
+                                                                       "notification)."))
 
     def _opened(self, studies, path: str) -> None:
         from .._layers import show_study_gradually

@@ -134,6 +134,80 @@ def test_search_and_more_like_this_through_the_server_equal_local(served, keyrin
     assert box.checkpoint.isVisibleTo(box) and not box.url.isVisibleTo(box) and sw.index_edit.isEnabled()
 
 
+# --- opening a hit --------------------------------------------------------------------------------------
+def _layers_of_open_study(viewer):
+    layers = scan_layers(viewer)
+    return {layer.metadata["series_uid"]: (np.asarray(layer.data).copy(), np.asarray(layer.affine.affine_matrix),
+                                           layer.metadata["source"], layer.metadata["study_uid"])
+            for layer in layers}
+
+
+def test_a_hit_double_clicked_in_server_mode_opens_the_servers_study(served, keyring_memory, make_napari_viewer,
+                                                                      qtbot, monkeypatch):
+    """A hit's path is a folder on the server: in server mode the hit is downloaded (GET /v1/studies/UID)
+    into the plugin's cache, once, and opens with the same layers as the study opened on this computer."""
+    from hlip_engine.remote import RemoteEngine
+
+    server = served["server"]
+    cache = Path(os.environ["HLIP_NAPARI_CACHE_DIR"])
+    downloads: list[str] = []
+    download = RemoteEngine.download_study
+    monkeypatch.setattr(RemoteEngine, "download_study",
+                        lambda self, uid, dest: (downloads.append(uid), download(self, uid, dest))[1])
+    viewer = make_napari_viewer()
+    sw = dock_widgets(viewer, ("Search studies",))["Search studies"]
+    _forget_local_model()
+    use_server(sw.model_box, server.url, server.token)
+    sw.search("mass with surrounding oedema")
+    _wait_done(qtbot, sw, "search")
+    assert len(sw.rows) == 4
+    hit = sw.rows[1]
+    uid = hit["study_uid"]
+    on_server = next(r for r in served["records"] if r["uid"] == uid)["path"]
+    assert Path(hit["path"]) == Path(on_server)
+
+    def double_click(row: int) -> dict:
+        sw.status.setText("")
+        sw.table.cellDoubleClicked.emit(row, 3)  # what a double-click on the row sends
+        qtbot.waitUntil(lambda: sw.status.text().startswith("Opened") or "failed" in sw.status.text().lower(),
+                        timeout=WAIT)
+        qtbot.waitUntil(lambda: not sw.open.running, timeout=WAIT)
+        assert sw.status.text().startswith("Opened"), sw.status.text()
+        return _layers_of_open_study(viewer)
+
+    there = double_click(1)
+    folder = cache / "server-studies" / uid
+    assert downloads == [uid] and folder.is_dir() and uid in sw.status.text() and server.url in sw.status.text()
+    assert there and all(Path(src).is_relative_to(folder) for _d, _a, src, _u in there.values())  # the copy
+    assert {u for *_x, u in there.values()} == {uid} and _no_local_model()  # the server's study; no model here
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no half-downloaded folder left
+
+    again = double_click(1)  # an earlier download is reused
+    assert downloads == [uid] and again.keys() == there.keys()
+
+    use_this_computer(sw.model_box)  # this computer opens the hit from its own path
+    here = double_click(1)
+    assert here.keys() == there.keys() and len(here) > 0
+    for series, (data, affine, src, _uid) in here.items():
+        assert Path(src).is_relative_to(on_server)
+        np.testing.assert_array_equal(there[series][0], data)
+        np.testing.assert_allclose(there[series][1], affine, atol=1e-9)
+
+
+def test_a_server_that_lacks_the_hit_says_so(served, keyring_memory, notes, make_napari_viewer, qtbot):
+    server = served["server"]
+    viewer = make_napari_viewer()
+    sw = dock_widgets(viewer, ("Search studies",))["Search studies"]
+    use_server(sw.model_box, server.url, server.token)
+    sw.rows, sw.scores = [{"study_uid": "1.2.3.4.5.404", "path": "/nowhere", "description": "gone"}], [0.5]
+    sw.open_result(0)
+    qtbot.waitUntil(lambda: any("Open study failed" in m for m in notes), timeout=WAIT)
+    failed = next(m for m in notes if "Open study failed" in m)
+    assert "not in the index" in failed and "404" in failed
+    assert not (Path(os.environ["HLIP_NAPARI_CACHE_DIR"]) / "server-studies" / "1.2.3.4.5.404").exists()
+    qtbot.waitUntil(lambda: not sw.open.running, timeout=WAIT)
+
+
 # --- zero-shot -------------------------------------------------------------------------------------
 def test_zeroshot_through_the_server_equals_local(served, keyring_memory, make_napari_viewer, qtbot):
     server = served["server"]
@@ -278,6 +352,8 @@ def test_the_plugin_works_as_a_client_without_torch(served, tmp_path):
         probs, bars, used = run(zeroshot.zeroshot_job(model, study, None, [], "softmax"))
         rel, volumes, chart = run(relevance.relevance_job(model, study, "glioma", None, 300, None, choice))
         assert len(hits["rows"]) == 3 and len(like["rows"]) == 3 and used["name"] == "hlip-demo-5"
+        opened = run(search.open_job(hits["rows"][0], model, choice))  # a hit: downloaded, without torch
+        assert len(opened) == 1 and opened[0].uid == hits["rows"][0]["study_uid"] and opened[0].scans
         assert abs(sum(probs.values()) - 1) < 1e-5 and len(volumes) == len(rel.volume_scans) > 0
         import napari
         from hlip_napari._launch import dock_widgets
