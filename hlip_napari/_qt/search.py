@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qtpy.QtCore import Qt
+import numpy as np
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -37,10 +39,13 @@ from .model_panel import ModelBox
 
 COLUMNS = ("Score", "Date", "Mod.", "Description", "Impression", "Age/Sex", "Scans")
 IMPRESSION_COLUMN = 4
+DESCRIPTION_COLUMN = 3
 SCORE_TIP = ("Score: cosine similarity between the query's embedding and the study's (1 = the same direction).\n"
              "It ranks studies for this query; it is not a probability, and scores of different queries "
              "do not compare.")
 WRAP_ROWS = 50
+THUMB = 48  # px: the hit's thumbnail beside its description
+THUMB_ROWS = 100  # hits given a thumbnail (the first ones: the ones a reader looks at)
 PICK = "Pick an index and a model, type a description, press Enter."
 PICK_SERVER = "Type a description, press Enter: the server searches its own index."
 MODALITIES = ("any", "MR", "CT", "PT", "CR", "DX", "US")
@@ -61,6 +66,19 @@ def _date(text: str) -> str:
 def _age_sex(row: dict) -> str:
     age, sex = row.get("age"), str(row.get("sex") or row.get("patient_sex") or "")
     return " ".join(x for x in (f"{age} y" if age not in (None, "") else "", sex) if x)
+
+
+def thumbnails_job(rows: list[dict]):
+    """Worker: (row, uint8 image) for each hit whose study is a folder or file on this computer (the middle
+    image of its largest series; hlip_engine.io.thumbnails), as they are read."""
+    from hlip_engine.io.thumbnails import study_thumbnail
+
+    for r, row in enumerate(rows):
+        path = str(_field(row, "path", "source") or "")
+        if path and Path(path).exists():
+            image = study_thumbnail(path, THUMB)
+            if image is not None:
+                yield r, image
 
 
 def search_job(settings, index_path: str, query, k: int, filters: dict | None = None, engine_settings=None):
@@ -153,6 +171,8 @@ class SearchWidget(QWidget):
         filters.addWidget(self.date_to, 1)
         filters.addWidget(self.identifiers)
         self._last = None
+        self._thumbs = None  # the thumbnail worker of the results shown
+        self.thumbnails: dict[int, np.ndarray] = {}  # row -> the image shown beside its description
 
         self.status = QLabel(PICK)
         self.status.setWordWrap(True)
@@ -160,6 +180,7 @@ class SearchWidget(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
+        self.table.setIconSize(QSize(THUMB, THUMB))
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.table.horizontalHeader()
@@ -246,6 +267,7 @@ class SearchWidget(QWidget):
             what = getattr(self, "_what", "")
         self._last, self._what = result, what
         self.rows, self.scores = result["rows"], result["scores"]
+        self.thumbnails = {}
         accession = self.identifiers.isChecked()
         table = self.table
         header = table.horizontalHeader()
@@ -272,7 +294,7 @@ class SearchWidget(QWidget):
                     table.setItem(r, c, item)
             for c in (0, 1, 2, 5, 6):
                 table.resizeColumnToContents(c)
-            table.setColumnWidth(3, max(100, min(table.sizeHintForColumn(3), 150)))
+            table.setColumnWidth(3, max(100, min(table.sizeHintForColumn(3), 150)) + THUMB + 4)
             header.setSectionResizeMode(IMPRESSION_COLUMN, QHeaderView.ResizeMode.Stretch)
             if len(self.rows) <= WRAP_ROWS:  # impressions wrap onto a second line; measuring 500 rows would stall
                 table.resizeRowsToContents()
@@ -280,9 +302,40 @@ class SearchWidget(QWidget):
             table.setUpdatesEnabled(True)
         total = (time.perf_counter() - self._asked) * 1000 if hasattr(self, "_asked") else 0
         self.last_ms = total
+        self._start_thumbnails()
         self.status.setText(f"{len(self.rows)} of {result['size']:,} studies for {what} "
                             f"({result['seconds'] * 1000:.0f} ms search, {total:.0f} ms in all). "
                             "Double-click to open.")
+
+    # --- thumbnails: one image per hit, read in a worker after the table is shown --------------------------
+    def _start_thumbnails(self) -> None:
+        if self._thumbs is not None:
+            self._thumbs.quit()
+        rows = list(self.rows[:THUMB_ROWS])
+        if not rows:
+            self._thumbs = None
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(thumbnails_job, rows, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(lambda item, rows=rows: self._set_thumbnail(rows, *item))
+        self._thumbs = worker
+        worker.start()
+
+    def _set_thumbnail(self, rows: list, r: int, image: np.ndarray) -> None:
+        if r >= len(self.rows) or self.rows[r] is not rows[r]:  # results changed meanwhile
+            return
+        item = self.table.item(r, DESCRIPTION_COLUMN)
+        if item is None:
+            return
+        image = np.ascontiguousarray(image)
+        qimg = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], QImage.Format.Format_Grayscale8)
+        pixmap = QPixmap.fromImage(qimg.copy()).scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                                       Qt.TransformationMode.SmoothTransformation)
+        item.setIcon(QIcon(pixmap))
+        if self.table.rowHeight(r) < THUMB + 4:
+            self.table.setRowHeight(r, THUMB + 4)
+        self.thumbnails[r] = image
 
     def open_result(self, row: int):
         """Open a result study (loaded in a worker) into the viewer."""

@@ -65,6 +65,10 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
     assert sw.table.item(mr_row, IMPRESSION_COLUMN).text() == "Left frontal glioma with oedema."
     assert sw.table.item(mr_row, COLUMNS.index("Age/Sex")).text() == "66 y F"
     assert "not a probability" in sw.table.horizontalHeaderItem(0).toolTip()
+    # a thumbnail per hit, read in a worker: the middle image of the study's largest series
+    qtbot.waitUntil(lambda: len(sw.thumbnails) == 2, timeout=30_000)
+    assert not sw.table.item(mr_row, COLUMNS.index("Description")).icon().isNull()
+    assert max(sw.thumbnails[mr_row].shape) <= 48 and sw.thumbnails[mr_row].std() > 0
     viewer.window._wrapped_dock_widgets["Search studies (hlip-napari)"].raise_()
     save_screenshot(viewer, screenshot_dir / "search_impressions.png")
 
