@@ -81,13 +81,23 @@ def reference_layer(viewer):
     return None
 
 
+def _runs_against_view(layer, axis: int) -> bool:
+    """Whether the shown axis is the layer's scan's own slice axis, stored the other way in the layer."""
+    from ._layers import SCAN_KEY, layer_view
+
+    study, k = study_of(layer), (layer.metadata or {}).get(SCAN_KEY)
+    if study is None or k is None:
+        return False
+    view, _ = layer_view(study.scans[int(k)])
+    return bool(view.axes[axis] == 0 and view.flips[axis])
+
+
 def slice_of(viewer, layer) -> tuple[int, int, float, int]:
     """(image number from 1, images, position mm, world axis) of ``layer`` at the viewer's slider.
 
     In the series' own plane the number is the scan's own slice (as its images are numbered), even where the
     layer's array runs the other way through patient space; in a reformatted plane it counts along the view.
     """
-    from ._layers import SCAN_KEY, layer_view
 
     axis = int(viewer.dims.order[0])
     data = np.asarray(layer.world_to_data(np.asarray(viewer.dims.point, dtype=float)), dtype=float)
@@ -95,12 +105,7 @@ def slice_of(viewer, layer) -> tuple[int, int, float, int]:
     i = int(np.clip(np.round(data[axis]), 0, n - 1))
     data[axis] = i
     world = np.asarray(layer.data_to_world(data), dtype=float)
-    number = i
-    study, k = study_of(layer), (layer.metadata or {}).get(SCAN_KEY)
-    if study is not None and k is not None:
-        view, _ = layer_view(study.scans[int(k)])
-        if view.axes[axis] == 0 and view.flips[axis]:  # the scan's slice axis, reversed in the layer
-            number = n - 1 - i
+    number = n - 1 - i if _runs_against_view(layer, axis) else i  # the scan's slice axis, reversed in the layer
     return number + 1, n, float(world[axis]), axis
 
 
@@ -191,12 +196,15 @@ class Reading:
         event.handled = True
 
     def step(self, n: int) -> None:
-        """Move ``n`` slices of the shown scan (its own slices, not napari's world grid)."""
+        """Move ``n`` images of the shown scan (its own slices, not napari's world grid): +1 is the next image
+        in the series' own numbering, as in a PACS, also where its array runs against the viewer's axis."""
         viewer = self.viewer
         layer = reference_layer(viewer)
         if layer is None or viewer.dims.ndisplay != 2:
             return
         axis = int(viewer.dims.order[0])
+        if _runs_against_view(layer, axis):
+            n = -n
         data = np.asarray(layer.world_to_data(np.asarray(viewer.dims.point, dtype=float)), dtype=float)
         data[axis] = np.clip(np.round(data[axis]) + n, 0, layer.data.shape[axis] - 1)
         world = np.asarray(layer.data_to_world(data), dtype=float)

@@ -279,6 +279,16 @@ def test_the_image_number_is_the_series_own_in_its_plane(tmp_path, make_napari_v
             viewer.dims.set_point(range(3), tuple(world))
             number, n, _pos, _axis = slice_of(viewer, layer)
             assert (number, n) == (k + 1, scan.shape[0]), (scan.orientation, view, k)
+        # the wheel's next image (towards the screen) is the next image number, whichever way the array runs
+        for layer_ in scan_layers(viewer, study):
+            layer_.visible = layer_ is layer
+        middle = scan.world((scan.shape[0] // 2, scan.shape[1] // 2, scan.shape[2] // 2))[::-1]
+        viewer.dims.set_point(range(3), tuple(middle))
+        before = slice_of(viewer, layer)[0]
+        reading(viewer).step(1)
+        assert slice_of(viewer, layer)[0] == before + 1, (scan.orientation, view)
+        reading(viewer).step(-2)
+        assert slice_of(viewer, layer)[0] == before - 1
         checked += int(view.flips[axis])
     assert checked >= 1  # one of the series runs against the viewer's axis: the case that matters
 
