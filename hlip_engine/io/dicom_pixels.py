@@ -92,7 +92,11 @@ def _decode_file(path: str) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path)
         arr = ds.pixel_array
-    except Exception as e:  # decoders raise RuntimeError, ValueError, NotImplementedError, ...
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - decoders raise RuntimeError, ValueError, ...; the Rust ones
+        # (pylibjpeg-rle) panic on corrupt data with pyo3's PanicException, a BaseException: one bad file
+        # must still be a skipped slice with its reason, never a crashed load
         raise PixelError(f"cannot decode pixel data ({type(e).__name__}: {e})") from e
     if arr.ndim == 2:
         arr = arr[None]

@@ -98,5 +98,7 @@ def study_thumbnail(path, size: int = SIZE) -> np.ndarray | None:
         if niftis:
             return _nifti_thumbnail(max(niftis, key=lambda f: f.stat().st_size), size)
         return _dicom_thumbnail(p, size)
-    except Exception:  # noqa: BLE001 - a thumbnail is a courtesy: a bad study shows none
-        return None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 - a thumbnail is a courtesy: a bad study (even one that makes a
+        return None        # Rust decoder panic, a BaseException) shows none

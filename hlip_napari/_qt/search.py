@@ -320,12 +320,18 @@ class SearchWidget(QWidget):
         worker = create_worker(thumbnails_job, rows, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda item, rows=rows: self._set_thumbnail(rows, *item))
         self._thumbs = worker
+        self.destroyed.connect(worker.quit)
         worker.start()
 
     def _set_thumbnail(self, rows: list, r: int, image: np.ndarray) -> None:
         if r >= len(self.rows) or self.rows[r] is not rows[r]:  # results changed meanwhile
             return
-        item = self.table.item(r, DESCRIPTION_COLUMN)
+        try:
+            item = self.table.item(r, DESCRIPTION_COLUMN)
+        except RuntimeError:  # the widget was closed while the thumbnails were read
+            if self._thumbs is not None:
+                self._thumbs.quit()
+            return
         if item is None:
             return
         image = np.ascontiguousarray(image)

@@ -184,3 +184,36 @@ def test_mutated_bytes_never_crash(pristine, tmp_path_factory, data):
     for scan in study.scans:
         assert scan.voxels.ndim == 3 and scan.voxels.dtype == np.float32
         assert np.all(np.isfinite(scan.affine))
+
+
+def test_a_decoder_panic_is_one_bad_slice_not_a_crash(tmp_path):
+    """pylibjpeg-rle (Rust) panics on some corrupt RLE data with pyo3's PanicException, a BaseException that
+    an ``except Exception`` lets through (found by test_mutated_bytes_never_crash): the study still loads,
+    the slice is replaced and the reason is kept."""
+    import random
+
+    vox = np.random.default_rng(0).integers(0, 300, size=(6, 16, 16)).astype(np.int16)
+    write_dicom_series(Scan(vox, np.eye(4), modality="MR"), tmp_path / "s", study_uid=STUDY, series_number=7,
+                       transfer_syntax="1.2.840.10008.1.2.5")
+    victim = sorted((tmp_path / "s").glob("*.dcm"))[2]
+    raw = victim.read_bytes()
+    start = raw.rfind(b"\xe0\x7f\x10\x00")  # the pixel data element
+    rng = random.Random(0)
+    for _ in range(3000):  # corrupt the RLE stream until the decoder panics (a few tries)
+        mutated = bytearray(raw)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randint(start, len(mutated) - 1)] = rng.randint(0, 255)
+        victim.write_bytes(bytes(mutated))
+        try:
+            _ = pydicom.dcmread(victim).pixel_array
+        except Exception:  # noqa: BLE001 - an ordinary decoder error: not the case under test
+            continue
+        except BaseException as e:  # noqa: BLE001
+            assert type(e).__name__ == "PanicException"
+            break
+    else:
+        pytest.fail("no corrupt RLE stream made the decoder panic")
+    study = load_study(tmp_path)
+    assert len(study.scans) == 1 and study.scans[0].shape[0] >= 5
+    assert any(item == str(victim) and "cannot decode pixel data (PanicException" in why
+               for item, why in study.skipped), study.skipped
