@@ -1,7 +1,7 @@
 """PACS retrieval and query speed against a real Orthanc on loopback (started and stopped here).
 
 - Retrieve a 512 x 512 x 300 CT over DICOMweb (WADO-RS) vs ``curl`` downloading the same multipart body;
-- over DIMSE (C-GET) vs dcmtk's ``getscu``;
+- over DIMSE (C-GET) vs dcmtk's ``getscu`` (the two take turns, round by round; wall and client CPU time);
 - query latency for a find over 1,000 studies (all of them, and a filtered find), both protocols.
 
     .venv/bin/python bench/pacs_bench.py [--slices 300] [--size 512] [--studies 1000] [--repeat 3] [--out f.json]
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -126,6 +127,24 @@ def best(func, repeat: int) -> float:
     return min(times)
 
 
+def cpu_s(children: bool) -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def best_interleaved(funcs: dict, repeat: int) -> dict:
+    """Best wall time and best client CPU time (user + system) of each ``{name: (func, in_child)}``, the
+    functions taking turns within each round, so that a machine shared with other work loads them alike."""
+    out = {name: {"wall": [], "cpu": []} for name in funcs}
+    for _ in range(repeat):
+        for name, (func, child) in funcs.items():
+            c0, t0 = cpu_s(child), time.perf_counter()
+            func()
+            out[name]["wall"].append(time.perf_counter() - t0)
+            out[name]["cpu"].append(cpu_s(child) - c0)
+    return {name: {k: min(v) for k, v in d.items()} for name, d in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=300)
@@ -164,14 +183,15 @@ def main() -> int:
                             'Accept: multipart/related; type="application/dicom"; transfer-syntax=*',
                             f"{web}/studies/{STUDY}"], check=True)
 
-        def getscu(nodelay: bool):
+        def getscu(nodelay: bool, pdu: int | None = None):
             def run():
                 out = root / "getscu"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 env = dict(os.environ, TCP_NODELAY="1") if nodelay else {k: v for k, v in os.environ.items()
                                                                           if k != "TCP_NODELAY"}
-                subprocess.run(["getscu", "-aet", "HLIPX", "-aec", "ORTHANC", "127.0.0.1", str(dicom),
+                subprocess.run(["getscu", *(["--max-pdu", str(pdu)] if pdu else []), "-aet", "HLIPX", "-aec", "ORTHANC",
+                                "127.0.0.1", str(dicom),
                                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY}", "-od", str(out)],
                                check=True, env=env, capture_output=True)
                 assert len(list(out.iterdir())) == args.slices
@@ -181,10 +201,19 @@ def main() -> int:
         res["dicomweb_s"] = best(ours(web), r)
         res["curl_s"] = best(curl, r)
         res["dicomweb_vs_curl"] = res["dicomweb_s"] / res["curl_s"]
-        res["dimse_cget_s"] = best(ours(dimse), r)
-        res["getscu_nodelay_s"] = best(getscu(True), r)
+        ours(dimse)()  # warm: imports, Orthanc's caches (getscu's first run below warms nothing of ours)
+        # getscu proposes 16 kB PDUs by default; we propose unlimited (Orthanc then sends 128 kB ones): getscu
+        # with --max-pdu 131072 gets the same, as a second reference
+        t = best_interleaved({"dimse": (ours(dimse), False), "getscu": (getscu(True), True),
+                              "getscu_128k": (getscu(True, 131072), True)}, r)
+        res["dimse_cget_s"], res["dimse_cget_cpu_s"] = t["dimse"]["wall"], t["dimse"]["cpu"]
+        res["getscu_nodelay_s"], res["getscu_cpu_s"] = t["getscu"]["wall"], t["getscu"]["cpu"]
+        res["getscu_maxpdu128k_s"] = t["getscu_128k"]["wall"]
+        res["dimse_vs_getscu_maxpdu128k"] = res["dimse_cget_s"] / res["getscu_maxpdu128k_s"]
         res["getscu_default_s"] = best(getscu(False), 1)
         res["dimse_vs_getscu"] = res["dimse_cget_s"] / res["getscu_nodelay_s"]
+        res["load_avg_1min"] = os.getloadavg()[0]
+        res["cpus"] = os.cpu_count()
 
         # --- find latency over many studies ---
         t0 = time.perf_counter()
@@ -208,9 +237,12 @@ def main() -> int:
         print(f"\nretrieve {args.slices} x {args.size}^2 CT ({mb:.0f} MB) from Orthanc on loopback, best of {r}:\n"
               f"  DICOMweb (hlip)   {res['dicomweb_s']:.2f} s  {mb / res['dicomweb_s']:.0f} MB/s\n"
               f"  curl WADO-RS      {res['curl_s']:.2f} s  -> hlip/curl = {res['dicomweb_vs_curl']:.2f} x\n"
-              f"  DIMSE C-GET (hlip) {res['dimse_cget_s']:.2f} s  {mb / res['dimse_cget_s']:.0f} MB/s\n"
-              f"  getscu (TCP_NODELAY=1) {res['getscu_nodelay_s']:.2f} s -> hlip/getscu = {res['dimse_vs_getscu']:.2f} x"
-              f"   (getscu default: {res['getscu_default_s']:.2f} s)\n"
+              f"  DIMSE C-GET (hlip) {res['dimse_cget_s']:.2f} s  {mb / res['dimse_cget_s']:.0f} MB/s, "
+              f"client CPU {res['dimse_cget_cpu_s']:.2f} s\n"
+              f"  getscu (TCP_NODELAY=1) {res['getscu_nodelay_s']:.2f} s, client CPU {res['getscu_cpu_s']:.2f} s"
+              f" -> hlip/getscu = {res['dimse_vs_getscu']:.2f} x   (getscu --max-pdu 131072: "
+              f"{res['getscu_maxpdu128k_s']:.2f} s; getscu default: {res['getscu_default_s']:.2f} s;"
+              f" taking turns, load average {res['load_avg_1min']:.1f} on {res['cpus']} CPUs)\n"
               f"find over {args.studies + 1} studies (median of 5): all {res['find_all_dicomweb_ms']:.0f} ms "
               f"DICOMweb / {res['find_all_dimse_ms']:.0f} ms DIMSE; filtered "
               f"{res['find_filtered_dicomweb_ms']:.0f} / {res['find_filtered_dimse_ms']:.0f} ms", file=sys.stderr)

@@ -2,19 +2,30 @@
 
 Our AE title (the *calling* AE, ``HLIPX`` by default) must be known to the PACS: for C-GET only the AE title
 usually matters; for C-MOVE the PACS also needs our host and the ``--move-port`` our storage SCP listens on.
-Received instances are written as they arrive, undecoded (``event.encoded_dataset()``), into the series'
-temporary folder. Association problems become one PacsError naming the cause (refused connection, unknown
+Received instances are written as they arrive, undecoded (File Meta Information, then the data set as it came
+over the wire), into the series' temporary folder. A C-GET streams each data set into its file fragment by
+fragment on pynetdicom's DUL thread and answers it there (dimse_receive.py: that, 128 kB PDUs and an
+event-driven reactor make it ~2.5 x faster than pynetdicom's own path). Association problems become one PacsError naming the cause (refused connection, unknown
 called AE, our AE not registered, timeout, association broken off mid-transfer).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .client import PacsClient
+from .dimse_receive import (
+    PENDING,
+    _store_on_reactor,
+    _tune,
+    _untune,
+    _write_instance,
+)
 from .errors import PacsError
 from .nodes import Node
 from .query import (
@@ -54,9 +65,10 @@ TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
     "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
 )
-PENDING = (0xFF00, 0xFF01)
-MAX_PDU = 0  # we receive PDUs of any size: fewer, larger reads
-REACTOR_DELAY = 0.00005  # s; pynetdicom's reactor naps 1 ms between PDUs by default, ~30 % of a C-GET's time
+# The maximum PDU length we propose. pynetdicom's AE.maximum_pdu_size only applies to associations it *accepts*;
+# a requested one takes associate(max_pdu=...), 16382 by default. 0 means unlimited: DCMTK (Orthanc) then sends
+# PDUs of up to 128 kB (its ASC_MAXIMUMPDUSIZE) whatever its own "MaximumPduLength", 8 x fewer than 16 kB ones.
+MAX_PDU = 0
 
 
 class DimseClient(PacsClient):
@@ -84,18 +96,21 @@ class DimseClient(PacsClient):
         answer = {}
 
         def on_acse(event):
-            p = event.primitive
-            if type(p).__name__ == "A_ASSOCIATE" and getattr(p, "result", None) not in (None, 0):
-                answer["reason"] = getattr(p, "reason_str", "") or ""
-                answer["diagnostic"] = getattr(p, "diagnostic", None)
-                answer["source"] = getattr(p, "result_source", None)
+            answer.update(_rejection(event.primitive))
 
         roles = [build_role(uid, scp_role=True) for uid in scp_roles]
         t0 = time.monotonic()
         assoc = ae.associate(self.node.host, self.node.port, ae_title=self.node.called_aet, ext_neg=roles or None,
-                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers])
+                             max_pdu=MAX_PDU, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers])
         if assoc.is_established:
             return assoc
+        if not answer:
+            # pynetdicom races here: when the A-ASSOCIATE-RJ arrives (and the DUL closes the connection) before
+            # its requesting thread checks that the socket is still connected, it aborts instead, leaving the
+            # rejection unread in the DUL's queue; read it from there
+            queued = getattr(getattr(getattr(assoc, "dul", None), "to_user_queue", None), "queue", ())
+            for primitive in list(queued):
+                answer.update(_rejection(primitive))
         if assoc.is_rejected or answer:  # the A-ASSOCIATE-RJ may arrive just before the server hangs up
             raise PacsError(self._rejected(answer))
         if time.monotonic() - t0 >= 0.9 * self.node.timeout:
@@ -135,16 +150,20 @@ class DimseClient(PacsClient):
     @contextlib.contextmanager
     def _open(self, contexts, scp_roles=(), handlers=()):
         assoc = self._associate(contexts, scp_roles, handlers)
+        wake = _tune(assoc)
         ok = False
         try:
             yield assoc
             ok = True
         finally:
-            if assoc.is_established:
-                if ok:
-                    assoc.release()
-                else:
-                    assoc.abort()
+            try:
+                if assoc.is_established:
+                    if ok:
+                        assoc.release()
+                    else:
+                        assoc.abort()
+            finally:
+                _untune(assoc, wake)
 
     def _broken(self, what: str, kept: bool = False) -> PacsError:
         tail = "; nothing of it was kept" if kept else ""
@@ -209,16 +228,40 @@ class DimseClient(PacsClient):
     def _session(self):
         from pynetdicom import evt
 
-        state = {"folder": None, "n": 0}
+        # C-STORE sub-operations are answered on pynetdicom's threads (the DUL thread for C-GET, see
+        # _store_on_reactor; the storage SCP's for C-MOVE); the lock keeps a series' folder from being
+        # written to once _fetch_series has let go of it
+        # "n": files named so far in the series' folder, "done": instances written whole
+        state = {"folder": None, "n": 0, "done": 0, "lock": threading.Lock()}
+
+        def new_file():  # under the lock
+            state["n"] += 1
+            return open(state["folder"] / f"{state['n']:06d}.dcm", "wb")
+
+        def store(req, transfer_syntax) -> int:
+            with state["lock"]:
+                if state["folder"] is None:
+                    return 0xA702  # refused: out of resources (nothing asked for this)
+                with new_file() as f:
+                    _write_instance(f, req, transfer_syntax)
+                state["done"] += 1
+            return 0x0000
+
+        def open_next():
+            """The next instance's file, opened for writing, or None when no series is being fetched."""
+            with state["lock"]:
+                return None if state["folder"] is None else new_file()
+
+        def finished(ok: bool) -> None:
+            """An instance was answered, and written whole if ``ok``."""
+            if ok:
+                with state["lock"]:
+                    state["done"] += 1
 
         def on_store(event):
-            folder = state["folder"]
-            if folder is None:
-                return 0xA702  # refused: out of resources (nothing asked for this)
-            state["n"] += 1
-            with open(folder / f"{state['n']:06d}.dcm", "wb") as f:
-                f.write(event.encoded_dataset())
-            return 0x0000
+            if not isinstance(getattr(event.request, "DataSet", None), io.BytesIO):
+                return 0xA700  # not pynetdicom's in-memory data set (STORE_RECV_CHUNKED_DATASET set elsewhere?)
+            return store(event.request, event.context.transfer_syntax)
 
         if self.node.move_port:
             from pynetdicom import AE
@@ -245,9 +288,7 @@ class DimseClient(PacsClient):
 
             with self._open([GET, *STORAGE_CLASSES], scp_roles=STORAGE_CLASSES,
                             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
-                dul = getattr(assoc, "dul", None)
-                if dul is not None and hasattr(dul, "_run_loop_delay"):
-                    dul._run_loop_delay = REACTOR_DELAY
+                _store_on_reactor(assoc, store, open_next, finished)
                 yield assoc, state
 
     def _fetch_series(self, session, study_uid: str, series: dict, folder: Path) -> Iterator[int]:
@@ -260,7 +301,8 @@ class DimseClient(PacsClient):
         ds.QueryRetrieveLevel = "SERIES"
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series["series_uid"]
-        state["folder"], state["n"] = folder, 0
+        with state["lock"]:
+            state["folder"], state["n"], state["done"] = folder, 0, 0
         what = "C-MOVE" if self.node.move_port else "C-GET"
         try:
             if self.node.move_port:
@@ -268,11 +310,14 @@ class DimseClient(PacsClient):
             else:
                 responses = assoc.send_c_get(ds, GET)
             final = None
+            pending = 0
             for status, _ident in responses:
                 if not status or "Status" not in status:
                     raise self._broken(f"{what} of series {series['series_uid']}", kept=True)
                 if status.Status in PENDING:
-                    yield state["n"]
+                    # one event per sub-operation answered, counting those written (files may run ahead)
+                    pending += 1
+                    yield min(pending, state["done"])
                     continue
                 final = status
             if final is None or not assoc.is_established:
@@ -281,9 +326,18 @@ class DimseClient(PacsClient):
                 failed = final.get("NumberOfFailedSuboperations", "?")
                 raise PacsError(f"{self.node}: {what} of series {series['series_uid']} failed "
                                 f"({_status_text(final)}, {failed} sub-operations failed); nothing of it was kept")
-            yield state["n"]
+            yield state["done"]
         finally:
-            state["folder"] = None
+            with state["lock"]:  # waits for a store in progress: nothing is written here after this
+                state["folder"] = None
+
+
+def _rejection(primitive) -> dict:
+    """``{reason, diagnostic, source}`` of an A-ASSOCIATE rejection primitive; {} for anything else."""
+    if type(primitive).__name__ != "A_ASSOCIATE" or getattr(primitive, "result", None) in (None, 0):
+        return {}
+    return {"reason": getattr(primitive, "reason_str", "") or "", "diagnostic": getattr(primitive, "diagnostic", None),
+            "source": getattr(primitive, "result_source", None)}
 
 
 def _status_text(status) -> str:
