@@ -18,6 +18,17 @@ from psygnal import Signal
 from .settings import ModelSettings
 
 
+def _update(hub, values: dict) -> None:
+    """Set ``values`` on the hub's settings; save and tell the widgets, only when something changed."""
+    current = hub.settings
+    if all(getattr(current, k) == v for k, v in values.items()):
+        return
+    for k, v in values.items():
+        setattr(current, k, v)
+    current.save()
+    hub.changed.emit(current)
+
+
 class SettingsHub:
     """The current model settings, shared by every widget's model panel and saved on each change."""
 
@@ -33,13 +44,7 @@ class SettingsHub:
         return self._settings
 
     def update(self, **values) -> None:
-        current = self.settings
-        if all(getattr(current, k) == v for k, v in values.items()):
-            return
-        for k, v in values.items():
-            setattr(current, k, v)
-        current.save()
-        self.changed.emit(current)
+        _update(self, values)
 
     def reload(self) -> None:
         """Forget the in-memory copy (tests point the config folder elsewhere)."""
@@ -62,13 +67,7 @@ class EngineHub:
         return EngineSettings.load()
 
     def update(self, **values) -> None:
-        current = self.settings
-        if all(getattr(current, k) == v for k, v in values.items()):
-            return
-        for k, v in values.items():
-            setattr(current, k, v)
-        current.save()
-        self.changed.emit(current)
+        _update(self, values)
 
     def notify(self) -> None:
         """Tell the boxes something not in the settings changed (a token saved for the URL)."""

@@ -8,8 +8,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from keyring.backend import KeyringBackend
-
 _SERVE_CONFTEST = Path(__file__).resolve().parents[1] / "serve" / "conftest.py"
 
 
@@ -27,29 +25,7 @@ def _serve_helpers():
 _helpers = _serve_helpers()
 DEMO, TOKEN, Server = _helpers.DEMO, _helpers.TOKEN, _helpers.Server
 start_server, stop_server, free_port = _helpers.start_server, _helpers.stop_server, _helpers.free_port
-
-
-class MemoryKeyring(KeyringBackend):
-    """A real keyring backend that keeps passwords in memory."""
-
-    priority = 1
-
-    def __init__(self):
-        super().__init__()
-        self.store: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service, username):
-        return self.store.get((service, username))
-
-    def set_password(self, service, username, password):
-        self.store[(service, username)] = password
-
-    def delete_password(self, service, username):
-        from keyring.errors import PasswordDeleteError
-
-        if (service, username) not in self.store:
-            raise PasswordDeleteError(username)
-        del self.store[(service, username)]
+MemoryKeyring = _helpers.MemoryKeyring  # a real keyring backend that keeps passwords in memory
 
 
 def use_server(box, url: str, token: str) -> None:
