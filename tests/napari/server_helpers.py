@@ -26,6 +26,8 @@ _helpers = _serve_helpers()
 DEMO, TOKEN, Server = _helpers.DEMO, _helpers.TOKEN, _helpers.Server
 start_server, stop_server, free_port = _helpers.start_server, _helpers.stop_server, _helpers.free_port
 MemoryKeyring = _helpers.MemoryKeyring  # a real keyring backend that keeps passwords in memory
+in_memory_keyring = _helpers.in_memory_keyring  # a generator: install it for a fixture's lifetime
+indexed_library = _helpers.indexed_library
 
 
 def use_server(box, url: str, token: str) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_helpers import DEMO, MemoryKeyring, start_server, stop_server, use_server, use_this_computer
+from server_helpers import (
+    DEMO,
+    in_memory_keyring,
+    indexed_library,
+    start_server,
+    stop_server,
+    use_server,
+    use_this_computer,
+)
 
 from hlip_napari._launch import dock_widgets
 from hlip_napari._layers import add_studies, scan_layers
@@ -23,28 +31,15 @@ WAIT = 120_000  # ms
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """4 phantom studies (3 MR, 1 CT; real DICOM), their index built with the demo model, `hlip serve` on it."""
-    from hlip_engine.cli import main as hlip
-    from hlip_engine.demo import make_studies
-
-    root = tmp_path_factory.mktemp("served")
-    records = make_studies(root / "lib", 4, seed=18)
-    index = root / "lib.index"
-    assert hlip(["index", "build", str(root / "lib"), "--model", str(DEMO), "--index", str(index),
-                 "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
-    server = start_server(root / "server", index)
-    yield {"server": server, "records": records, "index": index, "root": root}
+    lib = indexed_library(tmp_path_factory.mktemp("served"), 4)
+    server = start_server(lib["root"] / "server", lib["index"])
+    yield {**lib, "server": server}
     stop_server(server.proc)
 
 
 @pytest.fixture
-def keyring_memory():
-    import keyring
-
-    before = keyring.get_keyring()
-    ring = MemoryKeyring()
-    keyring.set_keyring(ring)
-    yield ring
-    keyring.set_keyring(before)
+def memory_keyring():
+    yield from in_memory_keyring()
 
 
 @pytest.fixture
@@ -91,7 +86,7 @@ def _wait_done(qtbot, widget, what):
 
 
 # --- search ----------------------------------------------------------------------------------------
-def test_search_and_more_like_this_through_the_server_equal_local(served, keyring_memory, make_napari_viewer,
+def test_search_and_more_like_this_through_the_server_equal_local(served, memory_keyring, make_napari_viewer,
                                                                   qtbot):
     server = served["server"]
     _local(DEMO)
@@ -115,7 +110,7 @@ def test_search_and_more_like_this_through_the_server_equal_local(served, keyrin
     use_server(box, server.url, server.token)
     assert not box.checkpoint.isVisibleTo(box) and not box.device.isVisibleTo(box) and box.url.isVisibleTo(box)
     assert not sw.index_edit.isEnabled()  # the server searches its own index
-    assert keyring_memory.store == {("hlip-napari", server.url): server.token}
+    assert memory_keyring.store == {("hlip-napari", server.url): server.token}
     settings_files = "".join(p.read_text() for p in Path(os.environ["HLIP_NAPARI_CONFIG_DIR"]).glob("*.json"))
     assert server.url in settings_files and server.token not in settings_files  # the token: keyring only
 
@@ -142,7 +137,7 @@ def _layers_of_open_study(viewer):
             for layer in layers}
 
 
-def test_a_hit_double_clicked_in_server_mode_opens_the_servers_study(served, keyring_memory, make_napari_viewer,
+def test_a_hit_double_clicked_in_server_mode_opens_the_servers_study(served, memory_keyring, make_napari_viewer,
                                                                       qtbot, monkeypatch):
     """A hit's path is a folder on the server: in server mode the hit is downloaded (GET /v1/studies/UID)
     into the plugin's cache, once, and opens with the same layers as the study opened on this computer."""
@@ -194,7 +189,7 @@ def test_a_hit_double_clicked_in_server_mode_opens_the_servers_study(served, key
         np.testing.assert_allclose(there[series][1], affine, atol=1e-9)
 
 
-def test_a_server_that_lacks_the_hit_says_so(served, keyring_memory, notes, make_napari_viewer, qtbot):
+def test_a_server_that_lacks_the_hit_says_so(served, memory_keyring, notes, make_napari_viewer, qtbot):
     server = served["server"]
     viewer = make_napari_viewer()
     sw = dock_widgets(viewer, ("Search studies",))["Search studies"]
@@ -209,7 +204,7 @@ def test_a_server_that_lacks_the_hit_says_so(served, keyring_memory, notes, make
 
 
 # --- zero-shot -------------------------------------------------------------------------------------
-def test_zeroshot_through_the_server_equals_local(served, keyring_memory, make_napari_viewer, qtbot):
+def test_zeroshot_through_the_server_equals_local(served, memory_keyring, make_napari_viewer, qtbot):
     server = served["server"]
     _local(DEMO)
     viewer = make_napari_viewer()
@@ -241,7 +236,7 @@ def test_zeroshot_through_the_server_equals_local(served, keyring_memory, make_n
 
 
 # --- relevance -------------------------------------------------------------------------------------
-def test_relevance_overlays_from_the_server_land_on_the_same_voxels(served, keyring_memory, make_napari_viewer,
+def test_relevance_overlays_from_the_server_land_on_the_same_voxels(served, memory_keyring, make_napari_viewer,
                                                                     qtbot):
     server = served["server"]
     _local(DEMO)
@@ -276,7 +271,7 @@ def test_relevance_overlays_from_the_server_land_on_the_same_voxels(served, keyr
 
 
 # --- errors ----------------------------------------------------------------------------------------
-def test_server_errors_are_notifications_with_the_reason(served, keyring_memory, notes, make_napari_viewer,
+def test_server_errors_are_notifications_with_the_reason(served, memory_keyring, notes, make_napari_viewer,
                                                          qtbot):
     server = served["server"]
     viewer = make_napari_viewer()

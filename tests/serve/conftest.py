@@ -89,18 +89,23 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def library(tmp_path_factory):
-    """6 phantom studies (MR and CT, real DICOM) and an index of them built with the demo model."""
+def indexed_library(root: Path, n: int, seed: int = 18) -> dict:
+    """``n`` phantom studies (MR and CT, real DICOM) in ``root``/lib and an index of them built with the demo
+    model by `hlip index build`: {root, records, index}."""
     from hlip_engine.cli import main as hlip
     from hlip_engine.demo import make_studies
 
-    root = tmp_path_factory.mktemp("serve_library")
-    records = make_studies(root / "lib", 6, seed=18)
+    records = make_studies(root / "lib", n, seed=seed)
     index = root / "lib.index"
     assert hlip(["index", "build", str(root / "lib"), "--model", str(DEMO), "--index", str(index),
                  "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
     return {"root": root, "records": records, "index": index}
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory):
+    """6 phantom studies and their index (:func:`indexed_library`)."""
+    return indexed_library(tmp_path_factory.mktemp("serve_library"), 6)
 
 
 @pytest.fixture(scope="session")
@@ -168,12 +173,19 @@ class MemoryKeyring(KeyringBackend):
         del self.store[(service, username)]
 
 
-@pytest.fixture
-def memory_keyring():
+def in_memory_keyring():
+    """Install a :class:`MemoryKeyring` as keyring's backend; yields it, then puts the previous one back."""
     import keyring
 
     before = keyring.get_keyring()
     ring = MemoryKeyring()
     keyring.set_keyring(ring)
-    yield ring
-    keyring.set_keyring(before)
+    try:
+        yield ring
+    finally:
+        keyring.set_keyring(before)
+
+
+@pytest.fixture
+def memory_keyring():
+    yield from in_memory_keyring()
