@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     widgets = dock_widgets(viewer, ("Study browser", "Search studies", "Relevance map"))
     browser, search, rel = widgets["Study browser"], widgets["Search studies"], widgets["Relevance map"]
     probe = Probe()
-    settle(app)
+    settle(app, 1.5)  # the viewer idle after start-up, as before anyone picks a study (the plugin warms up)
     out: dict[str, float] = {}
 
     # 1. open a 4-series study (the browser's worker reads; the Qt thread adds layers and draws)

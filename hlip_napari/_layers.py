@@ -277,31 +277,38 @@ def add_studies(viewer, studies, *, replace: bool = True) -> list:
     return added
 
 
-def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove_first: bool = False) -> None:
+def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove_first: bool = False,
+                  regrid: bool = False) -> None:
     """Update the layers of ``update`` (``(layer, (data, kwargs, "image"))`` pairs: new data, name and
-    metadata in a layer already on screen), add ``(data, kwargs, "image")`` tuples, then remove the layers
-    ``remove``; one step per event-loop turn; then call ``on_done(layers)`` with the updated and added
-    layers, in that order.
+    metadata in a layer already on screen; on a new grid too when ``regrid``), add ``(data, kwargs, "image")``
+    tuples, then remove the layers ``remove``; one step per event-loop turn (the removals in one batch,
+    first when ``remove_first``); then call ``on_done(layers)`` with the updated and added layers, in that
+    order.
 
     Why: each insert or removal costs napari a redraw and a layer-controls panel (60-400 ms on a 2-core
     machine with software OpenGL), and each removal a full garbage collection (``gc.collect()`` in napari's
-    scene-graph clean-up: 0.1-1 s with a model loaded); four in one go freeze the viewer for a second or more.
-    An update in place costs neither."""
+    scene-graph clean-up: 0.1-1 s with a model loaded; one per batch of removals); four in one go freeze the
+    viewer for a second or more. An update in place costs neither."""
     from qtpy.QtCore import QTimer
 
     pending, added, gone, todo = list(layer_data), [], list(remove), list(update)
 
+    def remove_all():
+        with viewer.layers.batched_update():  # napari collects garbage once for the batch, not per layer
+            for layer in gone:
+                if layer in viewer.layers:
+                    viewer.layers.remove(layer)
+        gone.clear()
+
     def next_one():
         if remove_first and gone:
-            layer = gone.pop(0)
-            if layer in viewer.layers:
-                viewer.layers.remove(layer)
+            remove_all()
             QTimer.singleShot(0, next_one)
             return
         if todo:
             layer, (data, kwargs, _kind) = todo.pop(0)
             if layer in viewer.layers:
-                update_layer(layer, data, kwargs)
+                update_layer(layer, data, kwargs, regrid=regrid)
                 added.append(layer)
             else:
                 pending.insert(0, (data, kwargs, _kind))
@@ -309,13 +316,16 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
             return
         if pending:
             data, kwargs, _kind = pending.pop(0)
-            added.append(viewer.add_image(data, **kwargs))
+            # added hidden, shown on the next turn: its panel and its first draw (which builds its GL
+            # programs) then come in two turns, not one
+            layer = viewer.add_image(data, **{**kwargs, "visible": False})
+            added.append(layer)
+            if kwargs.get("visible", True):
+                QTimer.singleShot(0, lambda: setattr(layer, "visible", True) if layer in viewer.layers else None)
             QTimer.singleShot(0, next_one)
             return
         if gone:
-            layer = gone.pop(0)
-            if layer in viewer.layers:
-                viewer.layers.remove(layer)
+            remove_all()
             QTimer.singleShot(0, next_one)
             return
         if on_done is not None:
@@ -324,42 +334,69 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
     QTimer.singleShot(0, next_one)
 
 
-def update_layer(layer, data, kwargs) -> None:
-    """Give an image layer on screen new voxels (same scan grid: same affine) and the name, metadata,
-    contrast and visibility of ``kwargs``."""
-    if kwargs.get("affine") is not None and not np.allclose(np.asarray(layer.affine.affine_matrix),
-                                                           np.asarray(kwargs["affine"]), atol=1e-9):
+def update_layer(layer, data, kwargs, regrid: bool = False) -> None:
+    """Give an image layer on screen new voxels and the name, metadata, contrast and visibility of
+    ``kwargs``: on the same scan grid (same affine), or on the grid of ``kwargs`` when ``regrid`` (another
+    study's scan taking over the layer: a layer re-used costs napari no new panel and no removal)."""
+    affine = kwargs.get("affine")
+    same = affine is None or np.allclose(np.asarray(layer.affine.affine_matrix), np.asarray(affine), atol=1e-9)
+    if not same and not regrid:
         raise ValueError(f"{layer.name}: an update in place keeps the layer's grid")
+    if not same:
+        layer.affine = affine
     layer.data = data
     layer.name = kwargs.get("name", layer.name)
     layer.metadata.clear()
     layer.metadata.update(kwargs.get("metadata") or {})
-    for key in ("contrast_limits", "opacity", "visible"):
-        if key in kwargs:
-            setattr(layer, key, kwargs[key])
+    if regrid:
+        layer.reset_contrast_limits_range()  # the new voxels' range (a CT after an MR), before the limits
+    for key in (("colormap", "blending", "interpolation2d") if regrid else ()) + ("contrast_limits", "opacity",
+                                                                                  "visible"):
+        if key in kwargs and not _same_setting(getattr(layer, key), kwargs[key]):
+            setattr(layer, key, kwargs[key])  # only what changed: a colour map set again rebuilds a GL program
+
+
+def _same_setting(now, wanted) -> bool:
+    if hasattr(now, "name") and not isinstance(wanted, (tuple, list, np.ndarray)):  # a colour map (or its name)
+        return now.name == getattr(wanted, "name", wanted)
+    if isinstance(wanted, (tuple, list, np.ndarray)):
+        return np.shape(now) == np.shape(wanted) and bool(np.allclose(now, wanted))
+    return str(now) == str(wanted) if not isinstance(wanted, (bool, float, int)) else now == wanted
 
 
 def show_study_gradually(viewer, studies, on_done=None) -> None:
     """:func:`add_studies` without freezing the viewer: the study on screen closes, then the new study's
-    scans arrive one per event-loop turn; ``on_done(layers)`` once all are in."""
+    scans arrive one per event-loop turn; ``on_done(layers)`` once all are in.
+
+    The closed study's scan layers take the new study's scans in place (new voxels, grid, name and
+    metadata): napari then builds no new layer panel and collects no garbage for them; its overlays,
+    rulers and surplus scans go in one batch."""
     studies = list(studies)
     if not studies:
         return
+    from napari.layers import Image
+
     from ._reading import reading
 
     study, others = studies[0], studies[1:]
     reading(viewer)
     gone = [layer for layer in viewer.layers if study_of(layer) is not None and study_of(layer) is not study]
+    scans = [layer for layer in gone if isinstance(layer, Image) and layer.metadata.get(KIND_KEY) == "scan"]
+    new = study_layer_data(study)
+    update = list(zip(scans, new))
+    taken = {id(layer) for layer, _t in update}
     announce_study(study, others)
 
     def finish(added):
         if added:
             viewer.layers.selection.active = added[0]
             viewer.reset_view()
+        reading(viewer).study_shown()
         if on_done is not None:
             on_done(added)
 
-    add_gradually(viewer, study_layer_data(study), finish, remove=gone, remove_first=True)
+    add_gradually(viewer, new[len(update):], finish, remove=[x for x in gone if id(x) not in taken],
+                  update=update, remove_first=True, regrid=True)
 
 
 # plane -> (dims order: slider axis first, then the two displayed axes; 2-D camera orientation)

@@ -11,6 +11,7 @@ own controls come back (wheel zooms, drag pans, Ctrl+wheel steps the world grid)
 """
 from __future__ import annotations
 
+import string
 import weakref
 
 import numpy as np
@@ -24,6 +25,8 @@ EDGES = {"top": "top_center", "bottom": "bottom_center", "left": "middle_left", 
 ZOOM_STEP = 1.15  # per wheel notch with Ctrl
 WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
+# the characters the canvas texts use (descriptions, numbers, units, the study line's separators)
+GLYPHS = string.ascii_letters + string.digits + string.punctuation + " ·…–°µ"
 
 _READINGS: dict[int, tuple[weakref.ref, Reading]] = {}
 
@@ -119,6 +122,11 @@ class Reading:
         self._saved_wheel: list = []
         self._overlays: dict[str, object] = {}
         self._shown_for: object = None
+        from napari.utils.events import EmitterGroup, Event
+
+        # "a study came on screen": also when its scans took over the closed study's layers (no layer is
+        # inserted or removed then), for the widgets that show the open study
+        self.events = EmitterGroup(source=self, study_shown=Event)
         viewer.layers.events.inserted.connect(self._inserted)
         viewer.layers.events.removed.connect(self._refresh)
         viewer.dims.events.point.connect(self._refresh)
@@ -127,8 +135,9 @@ class Reading:
         viewer.layers.selection.events.active.connect(self._refresh)
         for key, position in (("info", "top_left"), *EDGES.items()):  # made now, not while a study opens:
             self._overlay(key, position, 10 if key == "info" else 13)  # their first draw compiles shaders
+        self._warm_glyphs()
         if any(study_of(layer) is not None for layer in viewer.layers):
-            self._first_study()
+            self.study_shown()
 
     @property
     def viewer(self):
@@ -142,19 +151,21 @@ class Reading:
         if study is None or viewer is None:
             return
         close_other_studies(viewer, study)
-        self._first_study()
+        self.study_shown()
         for name in ("visible", "contrast_limits"):
             if hasattr(layer.events, name):
                 getattr(layer.events, name).connect(self._refresh)
         self._refresh()
 
-    def _first_study(self) -> None:
+    def study_shown(self) -> None:
+        """A study came on screen (its layers inserted, or the closed study's layers re-used for it)."""
         viewer = self.viewer
         if self._shown_for is None:  # on by default once the plugin's layers arrive; switchable after
             self._shown_for = True
             viewer.scale_bar.visible = True
             self.set_pacs(True)
         self._refresh()
+        self.events.study_shown()
 
     # --- PACS mouse mode ----------------------------------------------------------------------------
     def set_pacs(self, on: bool) -> None:
@@ -259,6 +270,30 @@ class Reading:
         camera(viewer).center = tuple(center)
 
     # --- what the canvas says -------------------------------------------------------------------------
+    def _warm_glyphs(self, per_turn: int = 16) -> None:
+        """Have napari render the canvas font's glyphs now, a few per event-loop turn, in a transparent
+        text: napari draws each character the first time it is shown (~5 ms apiece here), which made the
+        first study's canvas texts freeze the viewer for ~200 ms as it opened."""
+        from napari.components.overlays import TextOverlay
+        from qtpy.QtCore import QTimer
+
+        chunks = [GLYPHS[i:i + per_turn] for i in range(0, len(GLYPHS), per_turn)]
+        name = OVERLAY_PREFIX + "glyphs"
+        self.viewer.canvas.overlays[name] = TextOverlay(text="", color=(0.0, 0.0, 0.0, 0.0), visible=True,
+                                                        position="bottom_left")
+
+        def step():
+            viewer = self.viewer
+            if viewer is None or name not in viewer.canvas.overlays:
+                return
+            if chunks:
+                viewer.canvas.overlays[name].text = chunks.pop(0)
+                QTimer.singleShot(100, step)  # a draw in between: the glyphs of this chunk are rendered
+            else:
+                del viewer.canvas.overlays[name]
+
+        QTimer.singleShot(0, step)
+
     def _overlay(self, key: str, position: str, size: int = 10):
         from napari.components.overlays import TextOverlay
 

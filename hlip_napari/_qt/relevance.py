@@ -8,6 +8,8 @@ draws: overlays, the scan-importance chart, and the jump to the peak.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -69,6 +71,7 @@ class RelevanceWidget(QWidget):
         self.result = None
         self.study = None
         self.layers: list = []
+        self._followed: weakref.WeakSet = weakref.WeakSet()  # scan layers whose show/hide overlays follow
         self.job = Job("Relevance")
         self.model_box = ModelBox()
 
@@ -172,17 +175,12 @@ class RelevanceWidget(QWidget):
                     if layer.metadata.get(STUDY_KEY) is study}
         update = [(reusable.pop(t[1]["metadata"][SCAN_KEY]), t) for t in tuples
                   if t[1]["metadata"][SCAN_KEY] in reusable]
-        updated = {id(layer) for layer, _t in update}
         tuples = [t for t in tuples if all(t is not u for _l, u in update)]
         old = list(reusable.values())
 
         def done(added):
-            for layer in added:
-                k = layer.metadata[SCAN_KEY]
-                if k in base and id(layer) not in updated:  # the overlay follows its scan's show/hide
-                    scan_layer = base[k]
-                    scan_layer.events.visible.connect(
-                        lambda _e, overlay=layer, scan=scan_layer: setattr(overlay, "visible", scan.visible))
+            for scan_layer in base.values():  # an overlay follows its scan's show/hide
+                self._follow(scan_layer)
             self.layers = added
             self.restyle()
             self.jump_button.setEnabled(bool(added))
@@ -194,15 +192,39 @@ class RelevanceWidget(QWidget):
 
         add_gradually(self.viewer, tuples, done, remove=old, update=update)
 
+    def _follow(self, scan_layer) -> None:
+        """Show or hide this widget's overlay of ``scan_layer``'s scan with it. One connection per layer,
+        holding nothing but a weak reference: a scan layer re-used for the next study (which keeps its
+        connections) pins no closed study's overlays."""
+        if scan_layer in self._followed:
+            return
+        self._followed.add(scan_layer)
+        ref = weakref.ref(scan_layer)
+
+        def sync(_event=None):
+            scan = ref()
+            if scan is None:
+                return
+            for overlay in self.layers:
+                md = overlay.metadata
+                if md.get(STUDY_KEY) is scan.metadata.get(STUDY_KEY) and md.get(SCAN_KEY) == scan.metadata.get(SCAN_KEY):
+                    overlay.visible = scan.visible
+
+        scan_layer.events.visible.connect(sync)
+
     def restyle(self) -> None:
         """Apply the colour map, opacity and threshold to this prompt's overlays."""
         name = self.colormap.currentText()
         cmap = relevance_colormap() if name == COLORMAPS[0] else name
         lo = self.threshold.value() / 100
-        for layer in self.layers:
-            layer.colormap = cmap
-            layer.opacity = self.opacity.value() / 100
-            layer.contrast_limits = (lo, 1.0)
+        wanted = cmap.name if hasattr(cmap, "name") else cmap
+        for layer in self.layers:  # only what changed: a colour map set again rebuilds its GL program
+            if layer.colormap.name != wanted:
+                layer.colormap = cmap
+            if layer.opacity != self.opacity.value() / 100:
+                layer.opacity = self.opacity.value() / 100
+            if tuple(layer.contrast_limits) != (lo, 1.0):
+                layer.contrast_limits = (lo, 1.0)
 
     def peak(self) -> tuple[int, np.ndarray] | None:
         """(scan index, world point S,P,L) of the relevance peak of the most important scan."""

@@ -197,7 +197,8 @@ class StudyBrowser(QWidget):
         follow(self, events.inserted, self._schedule_refresh)
         follow(self, events.removed, self._schedule_refresh)
         follow(self, self.viewer.layers.selection.events.active, self._schedule_refresh)
-        reading(self.viewer)  # one study on screen, PACS mouse, canvas texts: for File ▸ Open too
+        # one study on screen, PACS mouse, canvas texts: for File ▸ Open too; a study shown in re-used layers
+        follow(self, reading(self.viewer).events.study_shown, self._schedule_refresh)
         self.refresh()
 
     # --- opening -------------------------------------------------------------------------------

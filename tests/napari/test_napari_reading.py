@@ -3,12 +3,14 @@ canvas texts, loader warnings on the scan's row, the ruler in mm."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from napari_helpers import assert_not_blank, tiny_study, write_two_plane_study
 from qtpy.QtCore import QPoint, QPointF, Qt
 from qtpy.QtGui import QMouseEvent, QWheelEvent
 from qtpy.QtWidgets import QApplication
 
 from hlip_engine.io import load_study, write_dicom_series
+from hlip_engine.study import Study
 from hlip_napari._launch import dock_widgets, save_screenshot
 from hlip_napari._layers import add_ruler, add_studies, scan_layers, show_plane, study_label
 from hlip_napari._reading import camera, edge_letters, reading, slice_of
@@ -315,3 +317,92 @@ def test_switching_studies_frees_the_old_one(make_napari_viewer, qtbot):
     gc.collect()
     assert refs[0]() is None and refs[1]() is None  # the closed studies are gone, voxels and all
     assert refs[2]() is not None  # the one on screen is not
+
+
+def _ct_study(uid: str, n_scans: int) -> Study:
+    """A CT study on another grid than tiny_study's (other shape, spacing, origin; HU range)."""
+    from napari_helpers import axial_scan
+
+    rng = np.random.default_rng(5)
+    scans = [axial_scan(rng.integers(-1000, 1500, (9 + k, 30, 28)).astype(np.float32), spacing=(5.0, 0.8, 0.8),
+                        modality="CT", description=f"HEAD {k + 1}", series_number=k + 1) for k in range(n_scans)]
+    return Study(uid=uid, scans=scans, description="CT HEAD", date="20240109", modality="CT")
+
+
+def test_the_next_study_takes_over_the_scan_layers(make_napari_viewer, qtbot):
+    """A study switch re-uses the closed study's scan layers (napari builds no new panel and collects no
+    garbage for them): each takes the new scan's voxels, grid, contrast, name and metadata, exactly as a new
+    layer would have; the closed study's overlay and ruler go; the browser and the canvas texts follow."""
+    from hlip_napari._layers import relevance_layer_data, scan_layer_data, show_study_gradually
+
+    viewer = make_napari_viewer()
+    browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
+    done = []
+    first = tiny_study()
+    show_study_gradually(viewer, [first], lambda added: done.append(added))
+    qtbot.waitUntil(lambda: len(done) == 1, timeout=30_000)
+    before = list(scan_layers(viewer))
+    data, kwargs, _ = relevance_layer_data(first, 0, np.ones(first.scans[0].shape, np.float32), "glioma")
+    viewer.add_image(data, **kwargs)
+    add_ruler(viewer, first)
+    assert len(viewer.layers) == 4
+
+    second = _ct_study("1.2.826.0.1.3680043.8.498.77", 3)  # one scan more, another grid, CT
+    show_study_gradually(viewer, [second], lambda added: done.append(added))
+    qtbot.waitUntil(lambda: len(done) == 2, timeout=30_000)
+    layers = scan_layers(viewer)
+    assert len(viewer.layers) == 3 and len(layers) == 3  # overlay and ruler of the closed study are gone
+    assert layers[0] is before[0] and layers[1] is before[1]  # taken over, not removed and added
+    for k, layer in enumerate(layers):
+        fresh, kw, _ = scan_layer_data(second, k, visible=(k == 0))
+        assert np.array_equal(np.asarray(layer.data), fresh) and layer.data.shape == second.scans[k].shape
+        assert np.allclose(layer.affine.affine_matrix, kw["affine"])
+        assert layer.name == kw["name"] and layer.visible == kw["visible"]
+        assert tuple(layer.contrast_limits) == pytest.approx(kw["contrast_limits"])
+        assert layer.contrast_limits_range[0] <= -999 and layer.contrast_limits_range[1] >= 1400  # CT's range
+        assert layer.metadata["study_uid"] == second.uid and layer.metadata["hlip_study"] is second
+        assert layer.metadata["series_description"] == f"HEAD {k + 1}"
+    qtbot.waitUntil(lambda: browser.study is second and browser.table.rowCount() == 3, timeout=10_000)
+    assert "CT HEAD" in browser.title.text()
+    assert study_label(second) in reading(viewer).texts()["info"]
+
+    # fewer scans: the surplus layer goes
+    third = _ct_study("1.2.826.0.1.3680043.8.498.78", 1)
+    show_study_gradually(viewer, [third], lambda added: done.append(added))
+    qtbot.waitUntil(lambda: len(done) == 3, timeout=30_000)
+    assert [x.metadata["study_uid"] for x in viewer.layers] == [third.uid] and viewer.layers[0] is before[0]
+
+
+def test_an_update_sets_only_what_changed(make_napari_viewer):
+    """Setting a layer's colour map again rebuilds its GL program (a 100 ms draw here): an update in place
+    leaves unchanged settings alone, and changes the ones that differ."""
+    from hlip_napari._layers import relevance_layer_data, update_layer
+
+    viewer = make_napari_viewer(show=False)
+    study = tiny_study()
+    data, kwargs, _ = relevance_layer_data(study, 0, np.zeros(study.scans[0].shape, np.float32), "glioma")
+    layer = viewer.add_image(data, **kwargs)
+    seen = []
+    for name in ("colormap", "opacity", "contrast_limits", "visible", "blending"):
+        getattr(layer.events, name).connect(lambda _e, n=name: seen.append(n))
+    data2, kwargs2, _ = relevance_layer_data(study, 0, np.ones(study.scans[0].shape, np.float32), "oedema")
+    update_layer(layer, data2, kwargs2)  # the next prompt's map, same settings
+    assert seen == [] and float(np.asarray(layer.data).max()) == 1.0 and "oedema" in layer.name
+    update_layer(layer, data2, {**kwargs2, "opacity": 0.25, "colormap": "turbo"}, regrid=True)
+    assert "colormap" in seen and "opacity" in seen and "blending" not in seen and "visible" not in seen
+    assert layer.colormap.name == "turbo" and layer.opacity == pytest.approx(0.25)
+
+
+def test_the_canvas_font_is_rendered_before_a_study_opens(make_napari_viewer, qtbot):
+    """The plugin has napari render the canvas texts' glyphs while the viewer is idle, in a transparent
+    text that goes once done (each glyph costs ~5 ms the first time it is drawn)."""
+    from hlip_napari._reading import GLYPHS, OVERLAY_PREFIX
+
+    viewer = make_napari_viewer()
+    reading(viewer)
+    name = OVERLAY_PREFIX + "glyphs"
+    assert name in viewer.canvas.overlays and viewer.canvas.overlays[name].color[3] == 0.0  # never seen
+    shown = []
+    viewer.canvas.overlays[name].events.text.connect(shown.append)  # psygnal: the new text
+    qtbot.waitUntil(lambda: name not in viewer.canvas.overlays, timeout=10_000)
+    assert "".join(shown) == GLYPHS  # every character, a chunk per turn

@@ -89,7 +89,8 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
     sw.search()
     qtbot.waitUntil(lambda: len(sw.rows) == 1, timeout=60_000)
     sw.table.cellDoubleClicked.emit(0, 3)
-    qtbot.waitUntil(lambda: {layer.metadata["study_uid"] for layer in viewer.layers} == {MR_UID}, timeout=60_000)
+    qtbot.waitUntil(lambda: {layer.metadata["study_uid"] for layer in viewer.layers} == {MR_UID}
+                    and browser.study is not None and browser.study.uid == MR_UID, timeout=60_000)
     assert "66 y female" in browser.title.text() and "Doe" not in browser.title.text()
     browser.identifiers.setChecked(True)
     assert "Doe^Jane" in browser.title.text() and "P123" in browser.title.text()
