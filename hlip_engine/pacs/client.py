@@ -56,6 +56,10 @@ class PacsClient:
         """A small PNG of the study rendered by the server, or None (DIMSE servers render nothing)."""
         return None
 
+    def _series_of(self, session, study_uid: str) -> list[dict]:
+        """:meth:`find_series` within a retrieve's session (DIMSE asks on the association it retrieves on)."""
+        return self.find_series(study_uid)
+
     def _session(self):
         """A context manager around one retrieve's transfers (an HTTP session, a DIMSE association)."""
         raise NotImplementedError
@@ -102,19 +106,19 @@ class PacsClient:
                 yield {"series_uid": "", "series_index": n - 1, "n_series": n, "done": 1, "total": 1,
                        "series_done": 1, "series_total": 1, "cached": True}
                 return cache.study_dir(study_uid)
-            all_series = self.find_series(study_uid)
-            if not all_series:
-                raise PacsError(f"{self.node}: study {study_uid} not found (no series)")
-            chosen = all_series
-            if wanted:
-                by_uid = {s["series_uid"]: s for s in all_series}
-                missing = [s for s in wanted if s not in by_uid]
-                if missing:
-                    raise PacsError(f"{self.node}: series {missing[0]} is not in study {study_uid}")
-                chosen = [by_uid[s] for s in wanted]
-            total = sum(s["instances"] for s in chosen) or len(chosen)
-            done = 0
             with self._session() as session:
+                all_series = self._series_of(session, study_uid)
+                if not all_series:
+                    raise PacsError(f"{self.node}: study {study_uid} not found (no series)")
+                chosen = all_series
+                if wanted:
+                    by_uid = {s["series_uid"]: s for s in all_series}
+                    missing = [s for s in wanted if s not in by_uid]
+                    if missing:
+                        raise PacsError(f"{self.node}: series {missing[0]} is not in study {study_uid}")
+                    chosen = [by_uid[s] for s in wanted]
+                total = sum(s["instances"] for s in chosen) or len(chosen)
+                done = 0
                 for i, s in enumerate(chosen):
                     uid = check_uid(s["series_uid"], "SeriesInstanceUID")
                     event = {"series_uid": uid, "series_index": i, "n_series": len(chosen), "total": total,

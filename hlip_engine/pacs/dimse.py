@@ -183,22 +183,30 @@ class DimseClient(PacsClient):
                 raise PacsError(f"{self.node}: C-ECHO failed ({_status_text(status)})")
         return time.perf_counter() - t0
 
-    def _find(self, identifier) -> list:
+    def _find(self, identifier, assoc=None) -> list:
+        """C-FIND on an association of its own, or on ``assoc`` (a retrieve's) when it accepted C-FIND."""
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+        if assoc is not None and any(cx.abstract_syntax == FIND for cx in assoc.accepted_contexts):
+            return self._find_on(assoc, identifier)
+        with self._open([FIND]) as own:
+            return self._find_on(own, identifier)
+
+    def _find_on(self, assoc, identifier) -> list:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
         out = []
-        with self._open([FIND]) as assoc:
-            for status, ident in assoc.send_c_find(identifier, FIND):
-                if not status or "Status" not in status:
-                    raise self._broken("C-FIND")
-                code = status.Status
-                if code in PENDING:
-                    if ident is not None:
-                        out.append(ident)
-                elif code == 0:
-                    break
-                else:
-                    raise PacsError(f"{self.node}: C-FIND failed ({_status_text(status)})")
+        for status, ident in assoc.send_c_find(identifier, FIND):
+            if not status or "Status" not in status:
+                raise self._broken("C-FIND")
+            code = status.Status
+            if code in PENDING:
+                if ident is not None:
+                    out.append(ident)
+            elif code == 0:
+                break
+            else:
+                raise PacsError(f"{self.node}: C-FIND failed ({_status_text(status)})")
         return out
 
     def _find_studies(self, filters: dict, include_patient: bool, limit: int | None) -> list[dict]:
@@ -214,7 +222,7 @@ class DimseClient(PacsClient):
         out = [study_record(from_dataset(d, keep), include_patient) for d in self._find(ds)]
         return out[:limit] if limit else out
 
-    def find_series(self, study_uid: str) -> list[dict]:
+    def find_series(self, study_uid: str, assoc=None) -> list[dict]:
         from pydicom.dataset import Dataset
 
         ds = Dataset()
@@ -222,12 +230,16 @@ class DimseClient(PacsClient):
         ds.StudyInstanceUID = check_uid(study_uid, "StudyInstanceUID")
         for kw in SERIES_FIELDS:
             setattr(ds, kw, "")
-        return sort_series([series_record(from_dataset(d, SERIES_FIELDS)) for d in self._find(ds)])
+        return sort_series([series_record(from_dataset(d, SERIES_FIELDS)) for d in self._find(ds, assoc)])
+
+    def _series_of(self, session, study_uid: str) -> list[dict]:
+        return self.find_series(study_uid, assoc=session[0])  # no second association: ~5 ms less
 
     # --- retrieval -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _session(self):
         from pynetdicom import evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
         # C-STORE sub-operations are answered on pynetdicom's threads (the DUL thread for C-GET, see
         # _store_on_reactor; the storage SCP's for C-MOVE); the lock keeps a series' folder from being
@@ -281,14 +293,14 @@ class DimseClient(PacsClient):
                 raise PacsError(f"cannot listen on --move-port {self.node.move_port} for C-MOVE "
                                 f"({e.strerror or e})") from None
             try:
-                with self._open([MOVE]) as assoc:
+                with self._open([MOVE, FIND]) as assoc:
                     yield assoc, state
             finally:
                 server.shutdown()
         else:
             from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
-            with self._open([GET, *STORAGE_CLASSES], scp_roles=STORAGE_CLASSES,
+            with self._open([GET, FIND, *STORAGE_CLASSES], scp_roles=STORAGE_CLASSES,
                             handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
                 _store_on_reactor(assoc, store, open_next, finished)
                 yield assoc, state

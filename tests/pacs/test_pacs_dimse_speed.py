@@ -222,3 +222,21 @@ def test_a_series_find_does_not_wait_for_a_delayed_ack(orthanc):
         assert client.find_series(CT_STUDY_UID)
         took.append(time.perf_counter() - t0)
     assert min(took) < 0.035, took
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_a_retrieve_takes_one_association(orthanc, library, tmp_path, monkeypatch, move):
+    """The series C-FIND goes over the association the study is retrieved on (C-GET, or C-MOVE's request
+    association): one association per retrieve, as getscu needs, not a second one for the find."""
+    opened = []
+    real = DM.DimseClient._open
+
+    def counting(self, contexts, *args, **kwargs):
+        opened.append(len(contexts))
+        return real(self, contexts, *args, **kwargs)
+
+    monkeypatch.setattr(DM.DimseClient, "_open", counting)
+    client = connect(orthanc.dimse_url, move_port=orthanc.move_port if move else None)
+    folder = client.retrieve(CT_STUDY_UID, StudyCache(tmp_path / "cache"))
+    assert len(opened) == 1, opened
+    assert len(dicom_files(folder)) == len(dicom_files(library["ct"])) == 300
