@@ -271,26 +271,32 @@ class Reading:
 
     # --- what the canvas says -------------------------------------------------------------------------
     def _warm_glyphs(self, per_turn: int = 16) -> None:
-        """Have napari render the canvas font's glyphs now, a few per event-loop turn, in a transparent
-        text: napari draws each character the first time it is shown (~5 ms apiece here), which made the
-        first study's canvas texts freeze the viewer for ~200 ms as it opened."""
-        from napari.components.overlays import TextOverlay
+        """Have napari draw the canvas texts once while the viewer is idle, transparent, a few characters
+        per event-loop turn: each text's first draw builds its GL program, and napari renders each character
+        the first time it is shown (~5 ms apiece here); both made the first study freeze the viewer for a
+        few hundred ms as it opened. A study shown meanwhile ends the warm-up (its texts take over)."""
         from qtpy.QtCore import QTimer
 
         chunks = [GLYPHS[i:i + per_turn] for i in range(0, len(GLYPHS), per_turn)]
-        name = OVERLAY_PREFIX + "glyphs"
-        self.viewer.canvas.overlays[name] = TextOverlay(text="", color=(0.0, 0.0, 0.0, 0.0), visible=True,
-                                                        position="bottom_left")
+        overlays = [self._overlay(key, position) for key, position in (("info", "top_left"), *EDGES.items())]
+        colors = [tuple(o.color) for o in overlays]
+        for o in overlays:
+            o.color = (*tuple(o.color)[:3], 0.0)
 
         def step():
-            viewer = self.viewer
-            if viewer is None or name not in viewer.canvas.overlays:
+            if self.viewer is None:
                 return
-            if chunks:
-                viewer.canvas.overlays[name].text = chunks.pop(0)
-                QTimer.singleShot(100, step)  # a draw in between: the glyphs of this chunk are rendered
-            else:
-                del viewer.canvas.overlays[name]
+            if chunks and self._shown_for is None:
+                text = chunks.pop(0)
+                for o in overlays:
+                    o.text = text
+                QTimer.singleShot(100, step)  # a draw in between: this chunk's glyphs are rendered
+                return
+            for o, color in zip(overlays, colors):
+                o.color = color
+                if self._shown_for is None:
+                    o.text = ""
+            self._refresh()
 
         QTimer.singleShot(0, step)
 
@@ -300,7 +306,10 @@ class Reading:
         viewer = self.viewer
         name = OVERLAY_PREFIX + key
         if name not in viewer.canvas.overlays:
+            # plain text on the image, as a PACS draws its corner texts (napari's default box behind each text
+            # costs a draw program per text as well)
             viewer.canvas.overlays[name] = TextOverlay(text="", position=position, font_size=size, visible=True,
+                                                       box=False,
                                                        color=(1.0, 0.85, 0.3, 1.0) if key in EDGES else
                                                        (0.95, 0.95, 0.95, 1.0))
         return viewer.canvas.overlays[name]

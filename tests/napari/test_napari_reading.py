@@ -393,16 +393,26 @@ def test_an_update_sets_only_what_changed(make_napari_viewer):
     assert layer.colormap.name == "turbo" and layer.opacity == pytest.approx(0.25)
 
 
-def test_the_canvas_font_is_rendered_before_a_study_opens(make_napari_viewer, qtbot):
-    """The plugin has napari render the canvas texts' glyphs while the viewer is idle, in a transparent
-    text that goes once done (each glyph costs ~5 ms the first time it is drawn)."""
+def test_the_canvas_texts_are_drawn_once_before_a_study_opens(make_napari_viewer, qtbot):
+    """The plugin has napari draw its canvas texts while the viewer is idle, transparent, every character
+    once (their first draw builds GL programs and renders glyphs, ~5 ms a character): then colours back and
+    texts empty. A study opened meanwhile takes the texts over."""
     from hlip_napari._reading import GLYPHS, OVERLAY_PREFIX
 
     viewer = make_napari_viewer()
     reading(viewer)
-    name = OVERLAY_PREFIX + "glyphs"
-    assert name in viewer.canvas.overlays and viewer.canvas.overlays[name].color[3] == 0.0  # never seen
+    info = viewer.canvas.overlays[OVERLAY_PREFIX + "info"]
+    edge = viewer.canvas.overlays[OVERLAY_PREFIX + "left"]
+    assert info.color[3] == 0.0 and edge.color[3] == 0.0  # never seen
+    assert not info.box and not edge.box  # plain text on the image, as a PACS draws it
     shown = []
-    viewer.canvas.overlays[name].events.text.connect(shown.append)  # psygnal: the new text
-    qtbot.waitUntil(lambda: name not in viewer.canvas.overlays, timeout=10_000)
-    assert "".join(shown) == GLYPHS  # every character, a chunk per turn
+    info.events.text.connect(shown.append)  # psygnal: the new text
+    qtbot.waitUntil(lambda: info.color[3] == 1.0, timeout=10_000)
+    assert "".join(t for t in shown if t) == GLYPHS and info.text == "" and edge.color[3] == 1.0
+
+    other = make_napari_viewer()
+    reading(other)
+    add_studies(other, [tiny_study()])  # before the warm-up is through
+    o_info = other.canvas.overlays[OVERLAY_PREFIX + "info"]
+    qtbot.waitUntil(lambda: o_info.color[3] == 1.0, timeout=10_000)
+    assert "MR" in o_info.text  # the study's line, not a warm-up chunk
