@@ -162,6 +162,7 @@ class Reading:
         viewer = self.viewer
         if self._shown_for is None:  # on by default once the plugin's layers arrive; switchable after
             self._shown_for = True
+            viewer.scale_bar.box = False  # on the image, like the corner texts (and one GL program fewer)
             viewer.scale_bar.visible = True
             self.set_pacs(True)
         self._refresh()
