@@ -324,14 +324,14 @@ class DimseClient(PacsClient):
             else:
                 responses = assoc.send_c_get(ds, GET)
             final = None
-            pending = 0
             for status, _ident in responses:
                 if not status or "Status" not in status:
                     raise self._broken(f"{what} of series {series['series_uid']}", kept=True)
                 if status.Status in PENDING:
-                    # one event per sub-operation answered, counting those written (files may run ahead)
-                    pending += 1
-                    yield min(pending, state["done"])
+                    # a progress tick (C-GET hands on one pending response per 20 ms): the instances written
+                    with state["lock"]:
+                        done = state["done"]
+                    yield done
                     continue
                 final = status
             if final is None or not assoc.is_established:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 
 import pydicom
 import pytest
@@ -212,8 +213,6 @@ def test_a_series_find_does_not_wait_for_a_delayed_ack(orthanc):
     """Nagle off (TCP_NODELAY) on the association: a C-FIND's identifier PDU no longer waits for the server's
     delayed ACK of its command PDU (~40 ms on Linux). A find takes a few ms on loopback; with Nagle on, at
     least 40 ms every time."""
-    import time
-
     client = connect(orthanc.dimse_url)
     client.find_series(CT_STUDY_UID)  # warm: imports
     took = []
@@ -240,3 +239,16 @@ def test_a_retrieve_takes_one_association(orthanc, library, tmp_path, monkeypatc
     folder = client.retrieve(CT_STUDY_UID, StudyCache(tmp_path / "cache"))
     assert len(opened) == 1, opened
     assert len(dicom_files(folder)) == len(dicom_files(library["ct"])) == 300
+
+
+def test_c_get_progress_ticks_without_a_response_per_instance(orthanc, library, tmp_path):
+    """send_c_get gets a pending C-GET response at most every PROGRESS_INTERVAL (pynetdicom decodes each with
+    pydicom on the requesting thread): progress still rises to every instance, in order, with fewer ticks."""
+    events = []
+    client = connect(orthanc.dimse_url)
+    t0 = time.perf_counter()
+    client.retrieve(CT_STUDY_UID, StudyCache(tmp_path / "cache"), progress=lambda e: events.append(e["done"]))
+    took = time.perf_counter() - t0
+    assert events == sorted(events) and events[-1] == 300
+    assert len(events) <= took / D.PROGRESS_INTERVAL + 5, (len(events), took)
+    assert len(events) < 300 or took > 300 * D.PROGRESS_INTERVAL  # not one per instance (unless that slow)

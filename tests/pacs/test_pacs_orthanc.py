@@ -252,7 +252,7 @@ def test_cancel_mid_series_keeps_nothing(orthanc, tmp_path, protocol):
     with connect(orthanc.url(protocol)) as pacs:
         with pytest.raises(PacsCancelled):
             pacs.retrieve(CT_STUDY_UID, cache, progress=progress, cancel=cancel)
-        assert max(seen) == 30
+        assert 30 <= max(seen) < 300  # stopped at the first progress tick past 30 (DIMSE ticks every 20 ms)
         folder = cache.study_dir(CT_STUDY_UID)
         assert not folder.exists() or not any(folder.iterdir())
         # the association / connection was cleaned up: the same client retrieves next
