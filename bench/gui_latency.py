@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -99,8 +100,14 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
-
     tmp = Path(tempfile.mkdtemp(prefix="hlip-gui-latency-"))
+    try:
+        return measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # two studies and an index: ~0.5 GB
+
+
+def measure(args, tmp: Path) -> int:
     os.environ.setdefault("HLIP_NAPARI_CONFIG_DIR", str(tmp / "config"))
     import napari
     import torch
