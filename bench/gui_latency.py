@@ -202,6 +202,20 @@ def measure(args, tmp: Path) -> int:
     out["search_ms"] = probe.worst(t0, t1)
     out["search_total_ms"] = search.last_ms
 
+    # 4. with the 3-up hanging docked: the next study (the coronal and sagittal canvases re-hang it too)
+    hanging = dock_widgets(viewer, ("3-up hanging",))["3-up hanging"]
+    settle(app, 1.0)
+    for name, path, tail in (("open_next_study_3up_ms", second, ".2"), ("open_next_study_3up_again_ms", folder, ".1")):
+        t0 = time.perf_counter()
+        browser.open_path(str(path))
+        wait_until(app, lambda tail=tail: browser.study is not None and browser.study.uid.endswith(tail)
+                   and len(scan_layers(viewer)) == args.series and not hanging._pending)
+        settle(app, 0.5)
+        t1 = time.perf_counter()
+        out[name] = probe.worst(t0, t1)
+        print(f"{name}: longest gaps (ms, at s):", probe.gaps(t0, t1))
+    hanging.close_canvases()
+
     out["load_average"] = os.getloadavg()[0]
     out["cpus"] = os.cpu_count() or 1
     out["study"] = f"{args.series} series x {args.slices} slices x {args.size}^2"

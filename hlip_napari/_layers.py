@@ -364,6 +364,12 @@ def _same_setting(now, wanted) -> bool:
     return str(now) == str(wanted) if not isinstance(wanted, (bool, float, int)) else now == wanted
 
 
+def relabel(layer, study: Study) -> None:
+    """A layer that outlives the study it was made for (the 3-up crosshair) now belongs to ``study``."""
+    layer.metadata.update({STUDY_KEY: study, "study_uid": study.uid, "study_label": study_label(study)})
+    layer.name = f"{study_label(study)} · {layer.name.split(' · ', 1)[-1]}"
+
+
 def show_study_gradually(viewer, studies, on_done=None) -> None:
     """:func:`add_studies` without freezing the viewer: the study on screen closes, then the new study's
     scans arrive one per event-loop turn; ``on_done(layers)`` once all are in.
@@ -381,6 +387,9 @@ def show_study_gradually(viewer, studies, on_done=None) -> None:
     study, others = studies[0], studies[1:]
     reading(viewer)
     gone = [layer for layer in viewer.layers if study_of(layer) is not None and study_of(layer) is not study]
+    for layer in [x for x in gone if x.metadata.get(KIND_KEY) == "crosshair"]:  # the 3-up's: moves on with us
+        gone.remove(layer)
+        relabel(layer, study)
     scans = [layer for layer in gone if isinstance(layer, Image) and layer.metadata.get(KIND_KEY) == "scan"]
     new = study_layer_data(study)
     update = list(zip(scans, new))

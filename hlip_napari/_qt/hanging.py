@@ -10,11 +10,24 @@ The same :class:`PlaneCanvas` shows a prior study side by side in compare mode.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from .._layers import KIND_KEY, PLANES, SCAN_KEY, UNITS, open_study, show_plane, study_label, study_of
+from .._layers import (
+    KIND_KEY,
+    PLANES,
+    SCAN_KEY,
+    UNITS,
+    open_study,
+    relabel,
+    show_plane,
+    study_label,
+    study_of,
+    update_layer,
+)
 from .._reading import reading, unwrap
 from .jobs import follow
 
@@ -22,14 +35,19 @@ SIDE_PLANES = ("coronal", "sagittal")
 CROSS_COLOR = "#4fc3f7"
 
 
+def copy_kwargs(layer) -> dict:
+    """What a copy of ``layer`` on another canvas takes from it: placement, contrast, look and metadata."""
+    return {"affine": np.asarray(layer.affine.affine_matrix), "name": layer.name,
+            "contrast_limits": tuple(layer.contrast_limits), "colormap": layer.colormap, "opacity": layer.opacity,
+            "blending": layer.blending, "visible": layer.visible, "metadata": dict(layer.metadata),
+            "interpolation2d": layer.interpolation2d}
+
+
 def copy_layer(layer):
     """A layer for another canvas: the same voxels (shared), placement, contrast and metadata."""
     from napari.layers import Image
 
-    return Image(layer.data, affine=np.asarray(layer.affine.affine_matrix), name=layer.name,
-                 contrast_limits=tuple(layer.contrast_limits), colormap=layer.colormap, opacity=layer.opacity,
-                 blending=layer.blending, visible=layer.visible, metadata=dict(layer.metadata), units=UNITS,
-                 interpolation2d=layer.interpolation2d)
+    return Image(layer.data, units=UNITS, **copy_kwargs(layer))
 
 
 def plane_layers(layers, plane: str) -> list:
@@ -67,21 +85,41 @@ class PlaneCanvas(QWidget):
         self.sources: list = []
 
     def show_layers(self, layers, plane: str) -> None:
-        """Replace this canvas's layers by copies of ``layers``, hung in ``plane``."""
-        self.model.layers.clear()
+        """Show copies of ``layers`` hung in ``plane``: the copies on this canvas take the new layers' voxels
+        and settings in place (napari collects garbage for every layer removed: ~0.3 s here), the surplus
+        goes in one batch, what is missing is added."""
         self.sources = list(layers)
-        for layer in layers:
+        if not layers:  # no study: nothing on this canvas (the crosshair neither)
+            self.model.layers.clear()
+            return
+        have = [x for x in self.model.layers if x.metadata.get(KIND_KEY) in ("scan", "relevance", "spare")]
+        for copy, layer in zip(have, layers):
+            update_layer(copy, layer.data, {**copy_kwargs(layer), "visible": True}, regrid=True)
+        for extra in have[len(layers):]:
+            # kept hidden for the next layers to take over (no layer list shows on this canvas; a removal
+            # would cost napari a full garbage collection), holding no voxels and no study
+            extra.visible = False
+            extra.affine = np.asarray(layers[0].affine.affine_matrix)  # one voxel inside the study's extent
+            extra.data = np.zeros((1, 1, 1), dtype=np.float32)
+            extra.metadata.clear()
+            extra.metadata[KIND_KEY] = "spare"
+        for layer in layers[len(have):]:
             copy = copy_layer(layer)
             copy.visible = True  # the plane's own series, even when hidden in the viewer
             self.model.add_layer(copy)
-        if self.model.layers:
-            state = reading(self.model)
-            state.compact = True  # the title says whose; the corner says where
-            state._refresh()
-            show_plane(self.model, plane)
-            study = study_of(layers[0])
-            self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study)} · "
-                               f"{layers[0].name.split(' · ', 1)[-1]}")
+        study = study_of(layers[0])
+        for i, x in enumerate(list(self.model.layers)):  # the crosshair: on top of the images, this study's
+            if x.metadata.get(KIND_KEY) == "crosshair":
+                if study is not None and study_of(x) is not study:
+                    relabel(x, study)
+                if i != len(self.model.layers) - 1:
+                    self.model.layers.move(i, len(self.model.layers))
+        state = reading(self.model)
+        state.compact = True  # the title says whose; the corner says where
+        state._refresh()
+        show_plane(self.model, plane)
+        self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study)} · "
+                           f"{layers[0].name.split(' · ', 1)[-1]}")
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().resizeEvent(event)
@@ -125,6 +163,7 @@ class HangingWidget(QWidget):
             canvas.model.mouse_drag_callbacks.append(self._click)
             canvas.model.dims.events.point.connect(self._scrolled)
         self._watched: set[int] = set()
+        self._contrast_followed: weakref.WeakSet = weakref.WeakSet()
         self.destroyed.connect(lambda *_: self._detach())
         self.rebuild()
 
@@ -152,6 +191,8 @@ class HangingWidget(QWidget):
         study = open_study(self.viewer)
         layers = [layer for layer in self.viewer.layers if study_of(layer) is study
                   and layer.metadata.get(KIND_KEY) in ("scan", "relevance")] if study is not None else []
+        if study is not None and not layers:
+            return  # a study on its way in (its scans not there yet): it is hung when they are
         for plane, canvas in self.canvases.items():
             chosen = plane_layers(layers, plane)
             # the same layers with the same voxels: nothing to re-hang (a layer given new data in place,
@@ -164,9 +205,8 @@ class HangingWidget(QWidget):
                     canvas.show_layers(chosen, plane)
                 finally:
                     self._syncing = False
-                for source, copy in zip(chosen, canvas.model.layers):
-                    source.events.contrast_limits.connect(
-                        lambda _e, s=source, c=copy: setattr(c, "contrast_limits", s.contrast_limits))
+                for source in chosen:
+                    self._follow_contrast(source)
         for layer in layers:  # showing another series in the viewer re-hangs the planes
             if id(layer) not in self._watched:
                 self._watched.add(id(layer))
@@ -179,6 +219,25 @@ class HangingWidget(QWidget):
         if self.point is None or study is not getattr(self, "_study", None):
             self._study = study
             self.set_point(np.asarray(self.viewer.dims.point, dtype=float))
+
+    def _follow_contrast(self, source) -> None:
+        """Window/level changed on a layer in the viewer: its copies in the planes follow. One connection per
+        layer, looking up which copy shows it now (copies take other layers over as studies change)."""
+        if source in self._contrast_followed:
+            return
+        self._contrast_followed.add(source)
+        ref = weakref.ref(source)
+
+        def sync(_event=None):
+            layer = ref()
+            if layer is None:
+                return
+            for canvas in self.canvases.values():
+                for src, copy in zip(canvas.sources, canvas.model.layers):
+                    if src is layer:
+                        copy.contrast_limits = layer.contrast_limits
+
+        follow(self, source.events.contrast_limits, sync)
 
     # --- the crosshair -------------------------------------------------------------------------------
     def _click(self, viewer, event):

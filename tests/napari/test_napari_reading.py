@@ -416,3 +416,56 @@ def test_the_canvas_texts_are_drawn_once_before_a_study_opens(make_napari_viewer
     o_info = other.canvas.overlays[OVERLAY_PREFIX + "info"]
     qtbot.waitUntil(lambda: o_info.color[3] == 1.0, timeout=10_000)
     assert "MR" in o_info.text  # the study's line, not a warm-up chunk
+
+
+def test_the_3up_planes_take_the_next_study_over(make_napari_viewer, qtbot):
+    """With the 3-up hung, the next study re-uses the planes' copies too: the same layers show the new
+    study's voxels and grid; a copy left over (the closed study's overlay) waits hidden, holding nothing of
+    the closed study, which is freed; the crosshair moves on with the viewer and stays on top."""
+    import gc
+    import weakref
+
+    from hlip_napari._layers import relevance_layer_data, scan_layer_data, show_study_gradually
+    from hlip_napari._qt.hanging import HangingWidget
+
+    viewer = make_napari_viewer(show=True)
+    done = []
+    hanging = HangingWidget(viewer)
+    cor = hanging.canvases["coronal"]
+
+    def first_study():  # in a frame of its own: the test's frame holds no reference to it
+        first = tiny_study()
+        show_study_gradually(viewer, [first], lambda added: done.append(added))
+        qtbot.waitUntil(lambda: len(done) == 1, timeout=30_000)
+        data, kwargs, _ = relevance_layer_data(first, 0, np.ones(first.scans[0].shape, np.float32), "glioma")
+        viewer.add_image(data, **kwargs)
+        qtbot.waitUntil(lambda: sum(x.metadata.get("hlip_kind") == "relevance" for x in cor.model.layers) == 1,
+                        timeout=10_000)
+        return weakref.ref(first)
+
+    ref = first_study()
+    copies = [x for x in cor.model.layers if x.metadata.get("hlip_kind") in ("scan", "relevance")]
+
+    second = _ct_study("1.2.826.0.1.3680043.8.498.79", 2)
+    show_study_gradually(viewer, [second], lambda added: done.append(added))
+    qtbot.waitUntil(lambda: len(done) == 2 and not hanging._pending
+                    and cor.model.layers[0].metadata.get("study_uid") == second.uid, timeout=30_000)
+    shown = cor.model.layers[0]
+    assert shown is copies[0]  # taken over, not removed and added
+    k = shown.metadata["hlip_scan"]
+    fresh, kw, _ = scan_layer_data(second, k)
+    assert np.array_equal(np.asarray(shown.data), fresh)
+    assert np.allclose(shown.affine.affine_matrix, kw["affine"])
+    spare = copies[1]
+    assert spare in cor.model.layers and not spare.visible and spare.metadata == {"hlip_kind": "spare"}
+    assert np.asarray(spare.data).size == 1
+    assert cor.model.layers[-1].metadata.get("hlip_kind") == "crosshair"
+    cross = next(x for x in viewer.layers if x.metadata.get("hlip_kind") == "crosshair")
+    assert cross.metadata["study_uid"] == second.uid
+    assert all(x.metadata.get("study_uid") == second.uid for x in cor.model.layers if x is not spare)
+    for _ in range(20):
+        qtbot.wait(10)
+    gc.collect()
+    assert ref() is None  # nothing keeps the closed study alive
+    hanging.close_canvases()
+    qtbot.wait(50)
