@@ -328,16 +328,58 @@ class ServerEngine:
         folder = self.study_folder(uid)
         if folder.parent != self.study_folder("x").parent or uid in (".", ".."):  # a UID that is a path
             raise EngineError(f"not a StudyInstanceUID: {uid!r}", kind="bad_request")
-        if folder.is_dir():
-            return folder
-        try:
-            return self.client.download_study(uid, folder)
-        except FileExistsError:
-            return folder  # another worker downloaded it meanwhile
-        except OSError:
-            if folder.is_dir():  # the same, caught at the rename
-                return folder
-            raise
+        if not folder.is_dir():
+            try:
+                self.client.download_study(uid, folder)
+            except FileExistsError:
+                pass  # another worker downloaded it meanwhile
+            except OSError:
+                if not folder.is_dir():  # else the same, caught at the rename
+                    raise
+        _touch(folder)
+        evict_downloads(folder.parent, download_cache_bytes(), keep=folder)
+        return folder
+
+
+def download_cache_bytes() -> int:
+    """How much the studies downloaded from servers may take: ``HLIP_NAPARI_DOWNLOAD_CACHE_GB`` (default 20)."""
+    import os
+
+    try:
+        gb = float(os.environ.get("HLIP_NAPARI_DOWNLOAD_CACHE_GB", "20"))
+    except ValueError:
+        gb = 20.0
+    return int(gb * 2**30)
+
+
+def _touch(folder: Path) -> None:
+    import os
+
+    try:
+        os.utime(folder)  # opened now: the last to be evicted
+    except OSError:
+        pass
+
+
+def evict_downloads(root: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Remove downloaded studies, least recently opened first (folder times), until the rest fit in
+    ``max_bytes``; ``keep`` (the study being opened) and downloads in progress (hidden folders) stay."""
+    import shutil
+
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    sizes = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in folders}
+    total, gone = sum(sizes.values()), []
+    for p in sorted(folders, key=lambda q: q.stat().st_mtime):
+        if total <= max_bytes:
+            break
+        if keep is not None and p == keep:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        total -= sizes[p]
+        gone.append(p)
+    return gone
 
 
 def cache_dir() -> Path:

@@ -180,6 +180,14 @@ def test_a_hit_double_clicked_in_server_mode_opens_the_servers_study(served, mem
     again = double_click(1)  # an earlier download is reused
     assert downloads == [uid] and again.keys() == there.keys()
 
+    # the downloads are bounded (HLIP_NAPARI_DOWNLOAD_CACHE_GB): another study opened evicts the least recent
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    monkeypatch.setenv("HLIP_NAPARI_DOWNLOAD_CACHE_GB", str(size * 1.5 / 2**30))
+    other = sw.rows[2]["study_uid"]
+    assert other != uid
+    double_click(2)
+    assert downloads == [uid, other] and (cache / "server-studies" / other).is_dir() and not folder.exists()
+
     use_this_computer(sw.model_box)  # this computer opens the hit from its own path
     here = double_click(1)
     assert here.keys() == there.keys() and len(here) > 0
@@ -385,3 +393,20 @@ def test_without_an_os_keyring_the_token_lives_in_memory_only(tmp_path):
         assert _engine.load_token("http://gpu-box:8400") == ""
     finally:
         keyring.set_keyring(before)
+
+
+def test_downloaded_studies_are_evicted_least_recently_opened_first(tmp_path):
+    """The plugin's downloaded studies fit the size bound: the least recently opened go first; the study
+    being opened and downloads in progress (hidden folders) stay."""
+    from hlip_napari._engine import evict_downloads
+
+    root = tmp_path / "server-studies"
+    for i, name in enumerate(["a", "b", "c", ".download-x"]):
+        (root / name).mkdir(parents=True)
+        (root / name / "1.dcm").write_bytes(b"x" * 1000)
+        os.utime(root / name, (1000 + i, 1000 + i))  # a opened longest ago
+    os.utime(root / "c", (900, 900))  # c: older still, but it is the one being opened
+    gone = evict_downloads(root, 1500, keep=root / "c")
+    assert gone == [root / "a", root / "b"]
+    assert sorted(p.name for p in root.iterdir()) == [".download-x", "c"]
+    assert evict_downloads(root, 10**6) == [] and evict_downloads(tmp_path / "none", 0) == []
