@@ -65,7 +65,8 @@ def test_a_second_study_replaces_the_first_and_every_layer_says_whose(tmp_path, 
     add_ruler(viewer, ct).add_lines(np.array([[0.0, 0.0, 0.0], [0.0, 30.0, 40.0]]))
     assert viewer.layers[-1].features["length"].tolist() == [50.0]  # mm: the world is in mm
     browser.open_path(str(mr_folder))
-    qtbot.waitUntil(lambda: browser.study is not None and browser.study.modality == "MR", timeout=60_000)
+    qtbot.waitUntil(lambda: browser.study is not None and browser.study.modality == "MR"
+                    and len(scan_layers(viewer, browser.study)) == len(browser.study.scans), timeout=60_000)
     mr = browser.study
     assert {layer.metadata["study_uid"] for layer in viewer.layers} == {mr.uid}  # the CT (and its ruler) closed
     for layer in viewer.layers:

@@ -36,7 +36,9 @@ def test_find_retrieve_and_open_in_the_study_browser(orthanc, library, make_napa
     seen = []
     worker = pacs.retrieve(row)
     worker.yielded.connect(lambda msg: seen.append(dict(getattr(msg, "event", {}))))
-    qtbot.waitUntil(lambda: browser.study is not None and browser.study.uid == a["uid"], timeout=60_000)
+    # the study's scans arrive one per event-loop turn: all of them, then the checks
+    qtbot.waitUntil(lambda: browser.study is not None and browser.study.uid == a["uid"]
+                    and len(scan_layers(viewer, browser.study)) == len(browser.study.scans), timeout=60_000)
     n = len(dicom_files(a["path"]))
     assert pacs.series_progress.value() == pacs.series_progress.maximum() == n
     assert seen and seen[-1]["done"] == n and max(e.get("series_index", 0) for e in seen) == len(a["series"]) - 1
