@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         # --- the methods
         maps = {}
         for m in methods:
-            if m in ("last-block", "rollout", "guided-rollout"):
+            if m in ("last-block", "rollout", "guided-rollout", "mirrored-guided-rollout"):
                 rel = relevance(model, prepared, FINDING_PROMPTS[finding], templates=TEMPLATES, method=m,
                                 volumes=False)
                 maps[m] = rel.fine if rel.fine is not None else rel.tokens

@@ -43,6 +43,8 @@ class PreparedStudy:
     labels: list[str] = field(default_factory=list)  # "T1 AX", "HEAD 5mm [bone]" ...
     geometry: list[ScanGeometry] = field(default_factory=list)
     study_uid: str = ""
+    # per model scan, the grid axis (0 depth, 1 height, 2 width) that runs across the patient's left and right
+    mirror_axes: list[int] = field(default_factory=list)
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -111,7 +113,16 @@ def preprocess(study: Study, recipe: str | Recipe | None = None, **options) -> P
             indices.append(i)
             labels.append(f"{scan.description or f'scan {i}'}{f' [{label}]' if label else ''}")
             geometry.append(geo)
-    return PreparedStudy(torch.stack(tensors), indices, spec.name, opts, labels, geometry, study.uid)
+    mirror = [left_right_axis(study.scans[k], geo) for k, geo in zip(indices, geometry)]
+    return PreparedStudy(torch.stack(tensors), indices, spec.name, opts, labels, geometry, study.uid, mirror)
+
+
+def left_right_axis(scan: Scan, geometry: ScanGeometry) -> int:
+    """The model-grid axis (0 depth, 1 height, 2 width) of a model scan that runs most nearly along the
+    patient's left-right (LPS x) axis: the axis a left-right mirror image flips."""
+    a = np.asarray(scan.affine, dtype=np.float64)[:3, :3]  # columns: column, row, slice directions (x spacing)
+    x_share = [abs(a[0, 2 - s]) / max(float(np.linalg.norm(a[:, 2 - s])), 1e-12) for s in range(3)]  # source
+    return int(np.argmax([x_share[geometry.view.axes[k]] for k in range(3)]))  # axis s = slice, row, column
 
 
 # --- one scan ---------------------------------------------------------------------------------------------

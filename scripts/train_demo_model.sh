@@ -13,7 +13,7 @@
 #            (training.prepare --lesions) and --lesion-guidance W adds -log(share of the CLS attention on the
 #            lesion's tokens) to the CLIP loss; with --flip-lr 0.5 report-consistent left/right mirrors.
 #            6: 1,100 studies, W 1, 300 steps; 7: the same, W 3 + flips, 600 steps; 8: 2,100 studies, W 3 at
-#            study and scan level + flips, 600 steps; then its config names "guided-rollout" (the relevance method
+#            study and scan level + flips, 600 steps; then its config names "mirrored-guided-rollout" (the relevance method
 #            that won on the validation libraries) and it ships. About 45 min more of CPU.
 # (Candidates that scored no better on the validation libraries -- stage 5 on 1,400 or 2,100 studies with
 # one-hot targets or with tau 0.15, stage 4 with 4 scans per step -- are listed in the README.)
@@ -85,9 +85,10 @@ $PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --data "$W/cach
 $PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --data "$W/cache_les2100/manifest.json" \
     --init "$W/run7/model.safetensors" --steps 600 --lesion-guidance 3.0 --lesion-guidance-levels study scan \
     --flip-lr 0.5 --out "$W/run8"
-# the model's own relevance method: guided rollout (Chefer's rollout x the smoothed input gradient) won on the
-# validation libraries (bench/relevance_methods.py), ahead of rollout and the official last-block method
-$PY - "$W/run8/model.safetensors" hlip_engine/weights/hlip_demo.safetensors guided-rollout <<'PYEOF'
+# the model's own relevance method: mirrored guided rollout (Chefer's rollout x the smoothed input gradient, of
+# the study and of its left-right mirror image, their geometric mean) won on the validation libraries
+# (bench/relevance_methods.py), ahead of guided rollout, rollout and the official last-block method
+$PY - "$W/run8/model.safetensors" hlip_engine/weights/hlip_demo.safetensors mirrored-guided-rollout <<'PYEOF'
 import json, sys
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file

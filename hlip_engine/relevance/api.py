@@ -52,6 +52,27 @@ def _study_tensor(inputs, device) -> tuple[torch.Tensor, object | None]:
     return x.to(device=device, dtype=torch.float32), prepared
 
 
+MIRRORED = "mirrored-guided-rollout"
+
+
+def _mirror_axes(prepared, x) -> list[int]:
+    axes = list(getattr(prepared, "mirror_axes", None) or [])
+    if len(axes) != x.shape[1]:
+        raise ValueError(f"relevance method {MIRRORED!r} needs a PreparedStudy (model.prepare(study)): it "
+                         "mirrors each scan across the patient's left-right axis, which a bare tensor does not say")
+    return axes
+
+
+def mirror_scans(x: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """[1, N, 1, D, H, W] -> the same with model scan i flipped along its grid axis ``axes[i]`` (0, 1, 2)."""
+    return torch.stack([torch.flip(x[:, i], dims=[2 + int(a)]) for i, a in enumerate(axes)], dim=1)
+
+
+def mirror_maps(maps: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """[N, D, H, W] -> map i flipped along its grid axis ``axes[i]`` (back from the mirror image)."""
+    return torch.stack([torch.flip(maps[i], dims=[int(a)]) for i, a in enumerate(axes)])
+
+
 def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templates: Sequence[str] | None = None,
               text_embedding: torch.Tensor | None = None, blocks: Sequence[int] = (), output: int = 0,
               volumes: bool = True, method: str | None = None) -> Relevance:
@@ -90,16 +111,22 @@ def relevance(model, inputs, prompt: str | Sequence[str] | None = None, *, templ
     fine = None
     try:
         with CLSAttentionRecorder(visual, blocks) as recorder:
-            if method in ("rollout", "guided-rollout"):
-                res = rollout_relevance(visual, x, text, scale, output=output,
-                                        input_gradient=method == "guided-rollout")
+            if method in ("rollout", "guided-rollout", MIRRORED):
+                res = rollout_relevance(visual, x, text, scale, output=output, input_gradient=method != "rollout")
                 cam = res.cam
                 if res.input_grad is not None:
                     fine = guided_map(res.cam, res.input_grad)  # [N, D, H, W] on the model grid
-                    cam = pool_to_tokens(fine, visual.cfg.patch_size)
             else:
                 res = last_block_relevance(visual, x, text, scale, output=output, autocast_dtype=amp)
                 cam = res.image_tokens()
+        if method == MIRRORED:  # the same on the study's left-right mirror image, mapped back
+            axes = _mirror_axes(prepared, x)
+            res_m = rollout_relevance(visual, mirror_scans(x, axes), text, scale, output=output,
+                                      input_gradient=True)
+            fine_m = mirror_maps(guided_map(res_m.cam, res_m.input_grad), axes)
+            fine = torch.sqrt(fine * fine_m)  # geometric mean: what both views agree on
+        if fine is not None:
+            cam = pool_to_tokens(fine, visual.cfg.patch_size)
     finally:
         visual.train(was_training)
 

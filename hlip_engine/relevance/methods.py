@@ -7,6 +7,8 @@ METHODS = {
     "rollout": "Chefer et al. 2021: grad x attention rolled out over every block, CLS copies per unit",
     "guided-rollout": "rollout x the smoothed input gradient (|dlogit/dx * x|), as Guided Grad-CAM: token "
                       "evidence placed at voxel resolution",
+    "mirrored-guided-rollout": "guided rollout of the study and of its left-right mirror image (mapped back), "
+                               "their geometric mean: what both views agree on (twice the cost)",
 }
 DEFAULT_METHOD = "last-block"
 

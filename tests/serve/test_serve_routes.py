@@ -46,7 +46,7 @@ def test_info_describes_model_and_index(http, library, local, demo_checkpoint):
     assert info["model"]["recipe"] == local["model"].config["preprocess"]
     # what the plugin's defaults come from: the model's own zero-shot prompt set and relevance method
     assert info["model"]["zeroshot"]["prompt_set"]["name"] == "hlip-demo-5"  # the demo model's own five
-    assert info["model"]["relevance"] == {"method": "guided-rollout"} == local["model"].config["relevance"]
+    assert info["model"]["relevance"] == {"method": "mirrored-guided-rollout"} == local["model"].config["relevance"]
     assert info["index"]["size"] == len(library["records"]) == len(local["index"])
     assert info["index"]["model_fingerprint"] == fingerprint
     assert "pub-brain-5" in info["prompt_sets"] and "last-block" in info["relevance_methods"]
