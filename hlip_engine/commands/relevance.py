@@ -1,8 +1,10 @@
 """Relevance maps: where in a whole study the model sees a prompt (``hlip attention`` is an alias).
 
 --method chooses how: ``last-block`` (the official HLIP method: grad x attention of the last block, exact,
-O(tokens)) or ``rollout`` (Chefer et al. 2021 over every block); the default is the model's own choice
-(its config's ``relevance.method``, set where a method won on validation data), else ``last-block``.
+O(tokens)), ``rollout`` (Chefer et al. 2021 over every block), ``guided-rollout`` (rollout x the smoothed
+input gradient) or ``mirrored-guided-rollout`` (the same on the study and its left-right mirror image, their
+geometric mean); the default is the model's own choice (its config's ``relevance.method``, set where a method
+won on validation data), else ``last-block``.
 
 Writes into --out: one NIfTI per used scan on that scan's own voxel grid (RAS affine: overlay it on the
 scan in any viewer), montage PNG(s) (rows = scans, columns = token slabs, thresholded colour over grey),
@@ -34,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.25,
                    help="montage: show relevance >= this fraction of the study maximum (default 0.25)")
     p.add_argument("--method", default=None, metavar="NAME",
-                   help="relevance method: last-block (official HLIP) or rollout (Chefer 2021); "
-                        "default: the model's own choice, else last-block")
+                   help="relevance method: last-block (official HLIP), rollout (Chefer 2021), guided-rollout, "
+                        "mirrored-guided-rollout; default: the model's own choice, else last-block")
     p.add_argument("--output", type=int, default=0,
                    help="2026 models: which embedding to explain (0 sentence head, 1 report head)")
 
