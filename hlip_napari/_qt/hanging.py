@@ -29,7 +29,7 @@ from .._layers import (
     update_layer,
 )
 from .._reading import reading, unwrap
-from .jobs import follow
+from .jobs import follow, follow_layer
 
 SIDE_PLANES = ("coronal", "sagittal")
 CROSS_COLOR = "#4fc3f7"
@@ -223,21 +223,13 @@ class HangingWidget(QWidget):
     def _follow_contrast(self, source) -> None:
         """Window/level changed on a layer in the viewer: its copies in the planes follow. One connection per
         layer, looking up which copy shows it now (copies take other layers over as studies change)."""
-        if source in self._contrast_followed:
-            return
-        self._contrast_followed.add(source)
-        ref = weakref.ref(source)
+        follow_layer(self, self._contrast_followed, source, "contrast_limits", self._contrast_changed)
 
-        def sync(_event=None):
-            layer = ref()
-            if layer is None:
-                return
-            for canvas in self.canvases.values():
-                for src, copy in zip(canvas.sources, canvas.model.layers):
-                    if src is layer:
-                        copy.contrast_limits = layer.contrast_limits
-
-        follow(self, source.events.contrast_limits, sync)
+    def _contrast_changed(self, layer) -> None:
+        for canvas in self.canvases.values():
+            for src, copy in zip(canvas.sources, canvas.model.layers):
+                if src is layer:
+                    copy.contrast_limits = layer.contrast_limits
 
     # --- the crosshair -------------------------------------------------------------------------------
     def _click(self, viewer, event):

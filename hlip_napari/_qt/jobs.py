@@ -61,6 +61,25 @@ def follow(widget, emitter, callback) -> None:
     widget.destroyed.connect(_drop)
 
 
+def follow_layer(widget, followed, layer, event: str, callback) -> None:
+    """:func:`follow` ``layer.events.<event>`` with ``callback(layer)``, once per layer (``followed``, a
+    ``weakref.WeakSet``, remembers which), holding the layer only weakly: layers re-used across studies keep
+    their connections, and must not pin what they showed before."""
+    import weakref
+
+    if layer in followed:
+        return
+    followed.add(layer)
+    ref = weakref.ref(layer)
+
+    def sync(_event=None):
+        obj = ref()
+        if obj is not None:
+            callback(obj)
+
+    follow(widget, getattr(layer.events, event), sync)
+
+
 class Job:
     """One running worker owned by a widget: start, cancel, and route its results and errors."""
 

@@ -35,7 +35,7 @@ from .._layers import (
     scan_name,
     study_label,
 )
-from .jobs import Job
+from .jobs import Job, follow_layer
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
 
@@ -193,24 +193,15 @@ class RelevanceWidget(QWidget):
         add_gradually(self.viewer, tuples, done, remove=old, update=update)
 
     def _follow(self, scan_layer) -> None:
-        """Show or hide this widget's overlay of ``scan_layer``'s scan with it. One connection per layer,
-        holding nothing but a weak reference: a scan layer re-used for the next study (which keeps its
-        connections) pins no closed study's overlays."""
-        if scan_layer in self._followed:
-            return
-        self._followed.add(scan_layer)
-        ref = weakref.ref(scan_layer)
+        """Show or hide this widget's overlay of ``scan_layer``'s scan with it (one connection per layer, held
+        weakly: a scan layer re-used for the next study pins no closed study's overlays)."""
+        follow_layer(self, self._followed, scan_layer, "visible", self._scan_shown)
 
-        def sync(_event=None):
-            scan = ref()
-            if scan is None:
-                return
-            for overlay in self.layers:
-                md = overlay.metadata
-                if md.get(STUDY_KEY) is scan.metadata.get(STUDY_KEY) and md.get(SCAN_KEY) == scan.metadata.get(SCAN_KEY):
-                    overlay.visible = scan.visible
-
-        scan_layer.events.visible.connect(sync)
+    def _scan_shown(self, scan) -> None:
+        for overlay in self.layers:
+            md = overlay.metadata
+            if md.get(STUDY_KEY) is scan.metadata.get(STUDY_KEY) and md.get(SCAN_KEY) == scan.metadata.get(SCAN_KEY):
+                overlay.visible = scan.visible
 
     def restyle(self) -> None:
         """Apply the colour map, opacity and threshold to this prompt's overlays."""
