@@ -197,6 +197,9 @@ class NodeStudies:
 
         ref = self.refs[i]
         cache = StudyCache(self.cache_root, self.max_bytes)
+        # a study is "cached" (kept after indexing) only when it was whole in the cache before: a first try
+        # that fails after its series arrived makes the next try find it whole, and it must still go
+        was_cached = cache.complete(ref.uid)
         for _attempt in range(1 + RETRIES):
             try:
                 item = next(iter_node_studies(self.client(), cache, records=[ref.record]))
@@ -208,6 +211,7 @@ class NodeStudies:
             # a fresh connection for the next try (a keep-alive socket the server dropped, a broken
             # association); the series that did arrive whole stay in the cache and are not fetched again
             self.close()
+        item["cached"] = was_cached
         return prepare_node_study(ref, item, self.recipe, self.options, self.keep)
 
 

@@ -272,3 +272,37 @@ def test_a_bad_uid_from_the_server_is_skipped_and_never_drops_another_folder(sit
     for it in items:
         it["drop"]()
     assert (cache.root / "mine").is_dir() and not cache.study_dir(f"{UID}1").exists()
+
+
+def test_a_study_whose_first_try_failed_late_is_still_dropped(site, tmp_path, monkeypatch):
+    """A first try that fails after every series arrived whole (the cache's bookkeeping, a connection gone at
+    the end) leaves the study whole in the cache; the retry then serves it from there. It was not in the cache
+    before the build, so it is dropped after indexing all the same (no --keep); one that was, stays."""
+    from hlip_engine.index.sources import NodeSource
+    from hlip_engine.pacs import PacsError, StudyCache
+    from hlip_engine.pacs.client import PacsClient
+
+    node, uid = site["orthanc"].url("dicomweb"), site["mr"][0]
+    cache = StudyCache(tmp_path / "cache")
+    real, calls = PacsClient.retrieve, []
+
+    def late_failure(self, study_uid, *args, **kwargs):
+        path = real(self, study_uid, *args, **kwargs)
+        calls.append(study_uid)
+        if len(calls) == 1:
+            raise PacsError("the connection went away after the last series")
+        return path
+
+    monkeypatch.setattr(PacsClient, "retrieve", late_failure)
+    source = NodeSource(node, cache=cache)
+    ref = next(r for r in source.find(progress=False) if r.uid == uid)
+    data = source.dataset([ref], "brain-mri", {"slices": 16, "size": 40, "crop": 32})
+    out = data[0]
+    assert calls == [uid, uid] and out["tensor"] is not None  # failed once, then served from the cache
+    assert _pixels(cache.root) == [] and not cache.complete(uid)  # dropped: it was not cached before
+
+    kept = StudyCache(tmp_path / "kept")
+    monkeypatch.setattr(PacsClient, "retrieve", real)
+    data.client().retrieve(uid, kept)  # in the cache before the build
+    again = NodeSource(node, cache=kept).dataset([ref], "brain-mri", {"slices": 16, "size": 40, "crop": 32})
+    assert again[0]["tensor"] is not None and kept.complete(uid)  # a study cached before stays
