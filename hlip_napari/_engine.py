@@ -328,6 +328,7 @@ class ServerEngine:
         folder = self.study_folder(uid)
         if folder.parent != self.study_folder("x").parent or uid in (".", ".."):  # a UID that is a path
             raise EngineError(f"not a StudyInstanceUID: {uid!r}", kind="bad_request")
+        _touch(folder)  # opened now: the last to be evicted (a reused download changes no size)
         if not folder.is_dir():
             try:
                 self.client.download_study(uid, folder)
@@ -336,8 +337,7 @@ class ServerEngine:
             except OSError:
                 if not folder.is_dir():  # else the same, caught at the rename
                     raise
-        _touch(folder)
-        evict_downloads(folder.parent, download_cache_bytes(), keep=folder)
+            evict_downloads(folder.parent, download_cache_bytes(), keep=folder)
         return folder
 
 
@@ -356,8 +356,8 @@ def _touch(folder: Path) -> None:
     import os
 
     try:
-        os.utime(folder)  # opened now: the last to be evicted
-    except OSError:
+        os.utime(folder)
+    except OSError:  # not downloaded yet: a new folder's time is now anyway
         pass
 
 

@@ -15,26 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from blob_scans import blob_scan
 
 from hlip_engine.cli import main as hlip
 from hlip_engine.index import IndexFormatError, StudyIndex
 from hlip_engine.index.build import model_fingerprint
 from hlip_engine.io import load_study, write_dicom_series
-from hlip_engine.study import PatientInfo, Scan
+from hlip_engine.study import PatientInfo
 
 REPO = Path(__file__).resolve().parents[2]
 UID = "1.2.826.0.1.3680043.8.498.77."
-
-
-def _scan(seed: int, modality: str, description: str) -> Scan:
-    """A small head-like volume: a bright blob whose place and size differ between studies."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.mgrid[0:8, 0:24, 0:24]
-    cy, cx, r = rng.uniform(8, 16), rng.uniform(8, 16), rng.uniform(20, 80)
-    v = 900 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2 + (z - 4) ** 2 * 4) / r) + 60 * rng.random((8, 24, 24))
-    affine = np.diag([0.9, 0.9, 3.0, 1.0])
-    affine[:3, 3] = (-10.0, -10.0, -12.0)
-    return Scan(v.astype(np.float32), affine, modality=modality, description=description)
 
 
 def write_library(root: Path, n_mr: int, with_ct: bool = True) -> list[Path]:
@@ -44,7 +34,7 @@ def write_library(root: Path, n_mr: int, with_ct: bool = True) -> list[Path]:
         modality = "CT" if i == n_mr else "MR"
         folder = root / f"study{i:02d}"
         for s in range(2):
-            write_dicom_series(_scan(100 * i + s, modality, f"AX T{s + 1}"), folder / f"s{s}",
+            write_dicom_series(blob_scan(100 * i + s, modality, f"AX T{s + 1}"), folder / f"s{s}",
                                study_uid=f"{UID}{i + 1}", series_number=s + 1, study_description=f"BRAIN {i}",
                                study_date=f"2024{1 + i:02d}10", patient=PatientInfo(name="ROE^RICHARD", id=f"PX{i}77"))
         folders.append(folder)
@@ -183,7 +173,7 @@ def test_kill_9_then_resume_redoes_nothing(tiny, tmp_path):
     for m in meta[:3]:
         np.testing.assert_allclose(index.vectors([m["id"]])[0], _embed(tiny["model"], Path(m["path"])), atol=2e-3)
     # a later --resume with new studies adds only those; the old published version stays until the switch
-    write_dicom_series(_scan(999, "MR", "AX T1"), lib / "new" / "s0", study_uid=f"{UID}99", series_number=1,
+    write_dicom_series(blob_scan(999, "MR", "AX T1"), lib / "new" / "s0", study_uid=f"{UID}99", series_number=1,
                        study_description="BRAIN NEW", study_date="20250101")
     report = build_library(lib, tiny["ckpt"], ix, workers=0, resume=True, progress=False, log=lambda m: None)
     assert (report.already_done, report.indexed) == (5, 1)

@@ -66,6 +66,13 @@ def _local(checkpoint) -> None:
     SETTINGS.update(checkpoint=str(checkpoint), text_model="", device="cpu")
 
 
+def _demo_widget(make_napari_viewer, name: str):
+    """(viewer, the plugin's ``name`` widget docked in it), the demo model set for this computer."""
+    _local(DEMO)
+    viewer = make_napari_viewer()
+    return viewer, dock_widgets(viewer, (name,))[name]
+
+
 def _forget_local_model() -> None:
     """So that a server run which loaded the model here would show (``_no_local_model``)."""
     from hlip_napari._session import INDEXES, MODELS
@@ -89,9 +96,7 @@ def _wait_done(qtbot, widget, what):
 def test_search_and_more_like_this_through_the_server_equal_local(served, memory_keyring, make_napari_viewer,
                                                                   qtbot):
     server = served["server"]
-    _local(DEMO)
-    viewer = make_napari_viewer()
-    sw = dock_widgets(viewer, ("Search studies",))["Search studies"]
+    viewer, sw = _demo_widget(make_napari_viewer, "Search studies")
     sw.set_index(str(served["index"]))
     study = _open(viewer, served["records"][1])
 
@@ -214,9 +219,7 @@ def test_a_server_that_lacks_the_hit_says_so(served, memory_keyring, notes, make
 # --- zero-shot -------------------------------------------------------------------------------------
 def test_zeroshot_through_the_server_equals_local(served, memory_keyring, make_napari_viewer, qtbot):
     server = served["server"]
-    _local(DEMO)
-    viewer = make_napari_viewer()
-    zs = dock_widgets(viewer, ("Zero-shot prompts",))["Zero-shot prompts"]
+    viewer, zs = _demo_widget(make_napari_viewer, "Zero-shot prompts")
     _open(viewer, served["records"][0])
 
     def classify(free: bool):
@@ -247,9 +250,7 @@ def test_zeroshot_through_the_server_equals_local(served, memory_keyring, make_n
 def test_relevance_overlays_from_the_server_land_on_the_same_voxels(served, memory_keyring, make_napari_viewer,
                                                                     qtbot):
     server = served["server"]
-    _local(DEMO)
-    viewer = make_napari_viewer()
-    rw = dock_widgets(viewer, ("Relevance map",))["Relevance map"]
+    viewer, rw = _demo_widget(make_napari_viewer, "Relevance map")
     study = _open(viewer, served["records"][1])
     rw.prompt.setText("mass with surrounding oedema")
 

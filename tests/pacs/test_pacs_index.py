@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+from blob_scans import blob_scan
 from pacs_server import PASSWORD, USER, Orthanc, dicom_files, free_port
 
 from hlip_engine.cli import main as hlip
@@ -24,7 +25,7 @@ from hlip_engine.index import IndexFormatError, StudyIndex
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.pacs import PacsError, StudyCache
 from hlip_engine.pacs.hits import study_path_of_hit
-from hlip_engine.study import PatientInfo, Scan
+from hlip_engine.study import PatientInfo
 
 REPO = Path(__file__).resolve().parents[2]
 UID = "1.2.826.0.1.3680043.8.498.18."
@@ -33,19 +34,9 @@ BROKEN = f"{UID}99"  # on the PACS, with one file gone from Orthanc's storage: i
 PROTOCOLS = ("dicomweb", "dimse")
 
 
-def _scan(seed: int, modality: str, description: str) -> Scan:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.mgrid[0:8, 0:24, 0:24]
-    cy, cx, r = rng.uniform(8, 16), rng.uniform(8, 16), rng.uniform(20, 80)
-    v = 900 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2 + (z - 4) ** 2 * 4) / r) + 60 * rng.random((8, 24, 24))
-    affine = np.diag([0.9, 0.9, 3.0, 1.0])
-    affine[:3, 3] = (-10.0, -10.0, -12.0)
-    return Scan(v.astype(np.float32), affine, modality=modality, description=description)
-
-
 def _study(folder: Path, i: int, uid: str, modality: str = "MR", date: str = "") -> Path:
     for s in range(2):
-        write_dicom_series(_scan(100 * i + s, modality, f"AX T{s + 1}"), folder / f"s{s}", study_uid=uid,
+        write_dicom_series(blob_scan(100 * i + s, modality, f"AX T{s + 1}"), folder / f"s{s}", study_uid=uid,
                            series_number=s + 1, study_description=f"BRAIN {i}", study_date=date or f"2024{1 + i:02d}10",
                            patient=PatientInfo(name="ROE^RICHARD", id=f"PX{i}18"))
     return folder
