@@ -342,9 +342,11 @@ def update_layer(layer, data, kwargs, regrid: bool = False) -> None:
     same = affine is None or np.allclose(np.asarray(layer.affine.affine_matrix), np.asarray(affine), atol=1e-9)
     if not same and not regrid:
         raise ValueError(f"{layer.name}: an update in place keeps the layer's grid")
-    if not same:
-        layer.affine = affine
     layer.data = data
+    if regrid and affine is not None:
+        # after the data, and even when unchanged: napari recomputes a hidden layer's extent on an affine
+        # change only, not on new data (a hidden scan kept the closed study's extent, and the sliders with it)
+        layer.affine = affine
     layer.name = kwargs.get("name", layer.name)
     layer.metadata.clear()
     layer.metadata.update(kwargs.get("metadata") or {})
@@ -399,6 +401,9 @@ def show_study_gradually(viewer, studies, on_done=None) -> None:
     def finish(added):
         if added:
             viewer.layers.selection.active = added[0]
+            if update:  # layers taken over keep the sliders where the closed study was: start mid-study,
+                world = np.asarray(viewer.layers.extent.world, dtype=float)  # as a study opened anew does
+                viewer.dims.point = tuple(world.mean(axis=0))
             viewer.reset_view()
         reading(viewer).study_shown()
         if on_done is not None:

@@ -99,8 +99,9 @@ class PlaneCanvas(QWidget):
             # kept hidden for the next layers to take over (no layer list shows on this canvas; a removal
             # would cost napari a full garbage collection), holding no voxels and no study
             extra.visible = False
-            extra.affine = np.asarray(layers[0].affine.affine_matrix)  # one voxel inside the study's extent
             extra.data = np.zeros((1, 1, 1), dtype=np.float32)
+            # one voxel inside the study's extent (set after the data: see update_layer)
+            extra.affine = np.asarray(layers[0].affine.affine_matrix)
             extra.metadata.clear()
             extra.metadata[KIND_KEY] = "spare"
         for layer in layers[len(have):]:

@@ -334,6 +334,8 @@ def test_the_next_study_takes_over_the_scan_layers(make_napari_viewer, qtbot):
     """A study switch re-uses the closed study's scan layers (napari builds no new panel and collects no
     garbage for them): each takes the new scan's voxels, grid, contrast, name and metadata, exactly as a new
     layer would have; the closed study's overlay and ruler go; the browser and the canvas texts follow."""
+    from napari.layers import Image
+
     from hlip_napari._layers import relevance_layer_data, scan_layer_data, show_study_gradually
 
     viewer = make_napari_viewer()
@@ -358,6 +360,8 @@ def test_the_next_study_takes_over_the_scan_layers(make_napari_viewer, qtbot):
         fresh, kw, _ = scan_layer_data(second, k, visible=(k == 0))
         assert np.array_equal(np.asarray(layer.data), fresh) and layer.data.shape == second.scans[k].shape
         assert np.allclose(layer.affine.affine_matrix, kw["affine"])
+        # the extent a new layer would have, hidden ones too (the sliders and reset view follow it)
+        np.testing.assert_allclose(layer.extent.world, Image(fresh, affine=kw["affine"]).extent.world)
         assert layer.name == kw["name"] and layer.visible == kw["visible"]
         assert tuple(layer.contrast_limits) == pytest.approx(kw["contrast_limits"])
         assert layer.contrast_limits_range[0] <= -999 and layer.contrast_limits_range[1] >= 1400  # CT's range
@@ -365,6 +369,8 @@ def test_the_next_study_takes_over_the_scan_layers(make_napari_viewer, qtbot):
         assert layer.metadata["series_description"] == f"HEAD {k + 1}"
     qtbot.waitUntil(lambda: browser.study is second and browser.table.rowCount() == 3, timeout=10_000)
     assert "CT HEAD" in browser.title.text()
+    lo, hi = (np.asarray(layers[0].extent.world, dtype=float)[:, -3:])  # the slice shown lies in the new study
+    assert np.all(lo <= np.asarray(viewer.dims.point)[-3:]) and np.all(np.asarray(viewer.dims.point)[-3:] <= hi)
     assert study_label(second) in reading(viewer).texts()["info"]
 
     # fewer scans: the surplus layer goes
@@ -460,6 +466,8 @@ def test_the_3up_planes_take_the_next_study_over(make_napari_viewer, qtbot):
     spare = copies[1]
     assert spare in cor.model.layers and not spare.visible and spare.metadata == {"hlip_kind": "spare"}
     assert np.asarray(spare.data).size == 1
+    lo, hi = np.asarray(shown.extent.world)  # the spare's one voxel lies inside the shown study's extent
+    assert np.all(np.asarray(spare.extent.world) >= lo - 1e-6) and np.all(np.asarray(spare.extent.world) <= hi + 1e-6)
     assert cor.model.layers[-1].metadata.get("hlip_kind") == "crosshair"
     cross = next(x for x in viewer.layers if x.metadata.get("hlip_kind") == "crosshair")
     assert cross.metadata["study_uid"] == second.uid
