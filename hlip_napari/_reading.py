@@ -136,6 +136,9 @@ class Reading:
         for key, position in (("info", "top_left"), *EDGES.items()):  # made now, not while a study opens:
             self._overlay(key, position, 10 if key == "info" else 13)  # their first draw compiles shaders
         self._warm_glyphs()
+        from ._warmup import start
+
+        start()  # the engine's modules imported while idle, then gc.freeze(): cheap collections on removals
         if any(study_of(layer) is not None for layer in viewer.layers):
             self.study_shown()
 
