@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How the shipped demo model (hlip_engine/weights/hlip_demo.safetensors) was trained, on this project's
-# 2-core CPU machine, with nothing but the project's own modules. About 2 h of CPU time in all.
+# 2-core CPU machine, with nothing but the project's own modules. About 3.5 h of CPU time in all.
 #   stage 1: 300 phantom studies (seed 1), whole reports, 400-step cosine schedule from random init
 #            (the shipped model continued from its step-351 checkpoint: we stopped it there to save time)
 #   stage 2: 500 phantom studies (seeds 1 and 3), whole reports, 300 steps from stage 1's weights
@@ -13,8 +13,11 @@
 #            (training.prepare --lesions) and --lesion-guidance W adds -log(share of the CLS attention on the
 #            lesion's tokens) to the CLIP loss; with --flip-lr 0.5 report-consistent left/right mirrors.
 #            6: 1,100 studies, W 1, 300 steps; 7: the same, W 3 + flips, 600 steps; 8: 2,100 studies, W 3 at
-#            study and scan level + flips, 600 steps; then its config names "mirrored-guided-rollout" (the relevance method
-#            that won on the validation libraries) and it ships. About 45 min more of CPU.
+#            study and scan level + flips, 600 steps. About 45 min more of CPU.
+#   stages 9-10 (issue 16): finer tokens. training.resize_patches turns stage 8's 8x16x16 patches into 8x8x8
+#            (4x12x12 tokens per scan), then stage 8's recipe again: 600 steps at 75 % patch dropout, 400 at
+#            50 % and half the learning rate; its config names "mirrored-guided-rollout" (the relevance method
+#            that won on the validation libraries) and it ships. About 35 min more of CPU.
 # (Candidates that scored no better on the validation libraries -- stage 5 on 1,400 or 2,100 studies with
 # one-hot targets or with tau 0.15, stage 4 with 4 scans per step -- are listed in the README.)
 # Stages 1 and 2 ran with the report templates of that time (no "Acute intracranial haemorrhage: ..."
@@ -85,10 +88,22 @@ $PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --data "$W/cach
 $PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --data "$W/cache_les2100/manifest.json" \
     --init "$W/run7/model.safetensors" --steps 600 --lesion-guidance 3.0 --lesion-guidance-levels study scan \
     --flip-lr 0.5 --out "$W/run8"
+# stage 9 (issue 16): finer tokens. Stage 8's model at patch 8 x 8 x 8 (4 x 12 x 12 tokens per scan, ~18 mm in-plane
+# instead of ~37; training.resize_patches: the new model starts as the old one on the scan zoomed 2x), then the
+# stage-8 recipe again for 600 steps with 75 % of the patch tokens dropped per step (as many kept per scan as
+# stage 8 kept at 50 %: about the same cost per step, ~15 min; the later --patch-dropout wins over COMMON's)
+$PY -m training.resize_patches "$W/run8/model.safetensors" "$W/run8_fine_init.safetensors" --patch 8 8 8
+$PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --patch-dropout 0.75 --data "$W/cache_les2100/manifest.json" \
+    --init "$W/run8_fine_init.safetensors" --steps 600 --lesion-guidance 3.0 --lesion-guidance-levels study scan \
+    --flip-lr 0.5 --out "$W/run9"
+# stage 10: 400 more steps at the usual 50 % patch dropout and half the learning rate (~20 min)
+$PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" --text-target-tau 0.07 --lr 1e-4 --warmup 20 \
+    --data "$W/cache_les2100/manifest.json" --init "$W/run9/model.safetensors" --steps 400 --lesion-guidance 3.0 \
+    --lesion-guidance-levels study scan --flip-lr 0.5 --out "$W/run10"
 # the model's own relevance method: mirrored guided rollout (Chefer's rollout x the smoothed input gradient, of
 # the study and of its left-right mirror image, their geometric mean) won on the validation libraries
 # (bench/relevance_methods.py), ahead of guided rollout, rollout and the official last-block method
-$PY - "$W/run8/model.safetensors" hlip_engine/weights/hlip_demo.safetensors mirrored-guided-rollout <<'PYEOF'
+$PY - "$W/run10/model.safetensors" hlip_engine/weights/hlip_demo.safetensors mirrored-guided-rollout <<'PYEOF'
 import json, sys
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file

@@ -1,8 +1,9 @@
 """Guided rollout: token-level evidence placed at voxel resolution.
 
-A token map says *which* 8 x 16 x 16-voxel patch carried the evidence (rollout, Chefer et al. 2021); it
-cannot say where inside the patch. Selvaraju et al. 2017 ("Grad-CAM", their Guided Grad-CAM) meet the
-same problem with CNN maps and multiply the upsampled coarse map by a fine-resolution gradient map. Here:
+A token map says *which* patch (8 x 8 x 8 voxels in the demo model) carried the evidence (rollout, Chefer
+et al. 2021); it cannot say where inside the patch. Selvaraju et al. 2017 ("Grad-CAM", their Guided
+Grad-CAM) meet the same problem with CNN maps and multiply the upsampled coarse map by a fine-resolution
+gradient map. Here:
 
     guided = trilinear_upsample(rollout tokens) x gaussian(|d logit / d x * x|, sigma)
 
