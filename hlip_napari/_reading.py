@@ -325,10 +325,11 @@ class Reading:
         if layer is None:
             return {}
         study = study_of(layer)
-        what = study.description if len(study.description) <= 22 else study.description[:21] + "…"
+        # one item per line, each short: the corner text must not reach the orientation letter at the top
+        what = study.description if len(study.description) <= 30 else study.description[:29] + "…"
         series = layer.name.split(" · ", 1)[-1]
         series = series if len(series) <= 30 else series[:29] + "…"
-        out = {"info": f"{study_label(study)}  {what}\n{series}"}
+        out = {"info": f"{study_label(study)}\n{what}\n{series}" if what else f"{study_label(study)}\n{series}"}
         lo, hi = (float(v) for v in layer.contrast_limits)
         out["window"] = f"W {hi - lo:.0f}  L {(hi + lo) / 2:.0f}"
         if viewer.dims.ndisplay == 2 and viewer.dims.ndim == 3:

@@ -371,7 +371,8 @@ def test_the_next_study_takes_over_the_scan_layers(make_napari_viewer, qtbot):
     assert "CT HEAD" in browser.title.text()
     lo, hi = (np.asarray(layers[0].extent.world, dtype=float)[:, -3:])  # the slice shown lies in the new study
     assert np.all(lo <= np.asarray(viewer.dims.point)[-3:]) and np.all(np.asarray(viewer.dims.point)[-3:] <= hi)
-    assert study_label(second) in reading(viewer).texts()["info"]
+    info = reading(viewer).texts()["info"].splitlines()
+    assert info == [study_label(second), "CT HEAD", "1 HEAD 1"]  # one item per line, off the top letter
 
     # fewer scans: the surplus layer goes
     third = _ct_study("1.2.826.0.1.3680043.8.498.78", 1)
@@ -478,3 +479,13 @@ def test_the_3up_planes_take_the_next_study_over(make_napari_viewer, qtbot):
     assert ref() is None  # nothing keeps the closed study alive
     hanging.close_canvases()
     qtbot.wait(50)
+
+
+def test_the_corner_text_keeps_each_line_short(make_napari_viewer):
+    viewer = make_napari_viewer()
+    study = _ct_study("1.2.826.0.1.3680043.8.498.79", 1)
+    study.description = "MRI BRAIN WITHOUT AND WITH CONTRAST PER PROTOCOL"
+    add_studies(viewer, [study])
+    info = reading(viewer).texts()["info"].splitlines()
+    assert info[0] == study_label(study) and info[1].startswith("MRI BRAIN WITHOUT") and info[1].endswith("…")
+    assert all(len(line) <= 30 for line in info)
