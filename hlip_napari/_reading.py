@@ -23,6 +23,7 @@ LETTERS = {0: ("I", "S"), 1: ("A", "P"), 2: ("R", "L")}
 AXIS_NAMES = {0: "S", 1: "P", 2: "L"}  # the sign convention of the slice position (LPS, as DICOM)
 EDGES = {"top": "top_center", "bottom": "bottom_center", "left": "middle_left", "right": "middle_right"}
 ZOOM_STEP = 1.15  # per wheel notch with Ctrl
+NARROW_PX = 520  # a canvas narrower than this gets the small corner texts
 WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
 # the characters the canvas texts use (descriptions, numbers, units, the study line's separators)
@@ -131,6 +132,8 @@ class Reading:
         viewer.layers.events.removed.connect(self._refresh)
         viewer.dims.events.point.connect(self._refresh)
         viewer.dims.events.order.connect(self._refresh)
+        if hasattr(getattr(viewer, "canvas", None), "events") and hasattr(viewer.canvas.events, "size"):
+            viewer.canvas.events.size.connect(self._refresh)  # a narrow canvas: smaller, shorter texts
         camera(viewer).events.orientation.connect(self._refresh)
         viewer.layers.selection.events.active.connect(self._refresh)
         for key, position in (("info", "top_left"), *EDGES.items()):  # made now, not while a study opens:
@@ -326,9 +329,10 @@ class Reading:
             return {}
         study = study_of(layer)
         # one item per line, each short: the corner text must not reach the orientation letter at the top
-        what = study.description if len(study.description) <= 30 else study.description[:29] + "…"
+        limit = self.line_limit()
+        what = study.description if len(study.description) <= limit else study.description[:limit - 1] + "…"
         series = layer.name.split(" · ", 1)[-1]
-        series = series if len(series) <= 30 else series[:29] + "…"
+        series = series if len(series) <= limit else series[:limit - 1] + "…"
         out = {"info": f"{study_label(study)}\n{what}\n{series}" if what else f"{study_label(study)}\n{series}"}
         lo, hi = (float(v) for v in layer.contrast_limits)
         out["window"] = f"W {hi - lo:.0f}  L {(hi + lo) / 2:.0f}"
@@ -337,6 +341,20 @@ class Reading:
             out["slice"] = f"Im {i}/{n}   {AXIS_NAMES[axis]} {pos:.1f} mm"
             out.update(edge_letters(viewer.dims.order, camera(viewer).orientation2d))
         return out
+
+    def narrow(self) -> bool:
+        """Small letters: the 3-up planes, and any canvas narrower than ``NARROW_PX``."""
+        size = getattr(getattr(self.viewer, "canvas", None), "size", None)
+        return self.compact or (size is not None and int(size[1]) < NARROW_PX)
+
+    def line_limit(self) -> int:
+        """Characters per corner-text line: what fits in ~45 % of the canvas width (30 at most), so a line
+        stops short of the top orientation letter."""
+        size = getattr(getattr(self.viewer, "canvas", None), "size", None)
+        if size is None:
+            return 30
+        char_px = 8.7 if self.narrow() else 10.9  # a capital at 8 / 10 pt, as measured on the screenshots
+        return int(max(10, min(30, 0.45 * int(size[1]) / char_px)))
 
     def _refresh(self, *_args) -> None:
         viewer = self.viewer
@@ -350,7 +368,7 @@ class Reading:
         elif "window" in texts:
             texts["info"] += "\n" + texts.pop("window")
         texts["info"] = texts.get("info", "").strip("\n")
-        small = 8 if self.compact else 10
+        small = 8 if self.narrow() else 10
         for key, position in (("info", "top_left"), *EDGES.items()):
             size = small if key == "info" else small + 3
             overlay = self._overlay(key, position, size)

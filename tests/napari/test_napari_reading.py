@@ -489,3 +489,19 @@ def test_the_corner_text_keeps_each_line_short(make_napari_viewer):
     info = reading(viewer).texts()["info"].splitlines()
     assert info[0] == study_label(study) and info[1].startswith("MRI BRAIN WITHOUT") and info[1].endswith("…")
     assert all(len(line) <= 30 for line in info)
+
+
+def test_a_narrow_canvas_gets_smaller_shorter_corner_texts(make_napari_viewer):
+    viewer = make_napari_viewer()
+    study = _ct_study("1.2.826.0.1.3680043.8.498.80", 1)
+    study.description = "MRI BRAIN WITHOUT AND WITH CONTRAST PER PROTOCOL"
+    add_studies(viewer, [study])
+    state = reading(viewer)
+    viewer.canvas.size = (600, 900)
+    wide = state.texts()["info"].splitlines()
+    assert not state.narrow() and state.line_limit() == 30 and viewer.canvas.overlays["hlip_info"].font_size == 10
+    viewer.canvas.size = (600, 300)  # as a sagittal view beside a wide dock: ~300 px
+    narrow = state.texts()["info"].splitlines()
+    assert state.narrow() and viewer.canvas.overlays["hlip_info"].font_size == 8
+    assert state.line_limit() < 30 and all(len(line) <= state.line_limit() for line in narrow[1:])
+    assert len(narrow[1]) < len(wide[1]) and narrow[1].endswith("…")
