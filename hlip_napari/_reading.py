@@ -342,19 +342,23 @@ class Reading:
             out.update(edge_letters(viewer.dims.order, camera(viewer).orientation2d))
         return out
 
+    def _canvas_width(self) -> int | None:
+        size = getattr(getattr(self.viewer, "canvas", None), "size", None)  # (height, width) in pixels
+        return None if size is None else int(size[1])
+
     def narrow(self) -> bool:
         """Small letters: the 3-up planes, and any canvas narrower than ``NARROW_PX``."""
-        size = getattr(getattr(self.viewer, "canvas", None), "size", None)
-        return self.compact or (size is not None and int(size[1]) < NARROW_PX)
+        width = self._canvas_width()
+        return self.compact or (width is not None and width < NARROW_PX)
 
     def line_limit(self) -> int:
         """Characters per corner-text line: what fits in ~45 % of the canvas width (30 at most), so a line
         stops short of the top orientation letter."""
-        size = getattr(getattr(self.viewer, "canvas", None), "size", None)
-        if size is None:
+        width = self._canvas_width()
+        if width is None:
             return 30
         char_px = 8.7 if self.narrow() else 10.9  # a capital at 8 / 10 pt, as measured on the screenshots
-        return int(max(10, min(30, 0.45 * int(size[1]) / char_px)))
+        return int(max(10, min(30, 0.45 * width / char_px)))
 
     def _refresh(self, *_args) -> None:
         viewer = self.viewer

@@ -3,7 +3,7 @@ that what exists by then stays.
 
 Each layer napari removes costs a full garbage collection (its scene-graph clean-up calls ``gc.collect()``
 so that the layer's GL objects go at once), and once torch and transformers are imported a full collection
-traverses ~380,000 objects: 0.3-0.5 s of frozen viewer on a 2-core machine whenever a study closes, and as
+traverses 400,000-600,000 objects: 0.3-0.5 s of frozen viewer on a 2-core machine whenever a study closes, and as
 long again whenever allocation triggers an automatic full collection (reading a study does). Python's
 ``gc.freeze()`` moves every object tracked so far into a permanent generation that collections skip (the
 ``gc`` docs: "after the imports at start-up"). Everything made later (layers, their GL visuals, studies,
@@ -48,7 +48,7 @@ def viewers_hold_layers() -> bool:
     """Whether any viewer the plugin reads in (the main one, the 3-up planes) holds a layer."""
     from ._reading import _READINGS
 
-    return any(v is not None and len(v.layers) for v in (ref() for ref, _state in list(_READINGS.values())))
+    return any(v is not None and len(v.layers) for v in (ref() for ref, _reading in list(_READINGS.values())))
 
 
 def freeze_now() -> bool:
