@@ -219,6 +219,13 @@ def study_of(layer) -> Study | None:
     return study if isinstance(study, Study) else None
 
 
+def remove_layers(viewer, layers) -> None:
+    """Remove ``layers`` in one batch (their garbage collected once the reader is quiet: _garbage.py)."""
+    from ._garbage import remove_layers as remove
+
+    remove(viewer, layers)
+
+
 def close_other_studies(viewer, keep: Study) -> list[str]:
     """Remove the layers of every study but ``keep`` (scans, overlays, rulers): one patient on screen.
 
@@ -230,8 +237,8 @@ def close_other_studies(viewer, keep: Study) -> list[str]:
             gone.append(layer)
             if study_label(study) not in closed:
                 closed.append(study_label(study))
-    for layer in gone:
-        viewer.layers.remove(layer)
+    if gone:
+        remove_layers(viewer, gone)
     return closed
 
 
@@ -277,6 +284,19 @@ def add_studies(viewer, studies, *, replace: bool = True) -> list:
     return added
 
 
+TURN_MS = 10  # ms between steps: a mouse event that came during a step's repaint is handled before the next
+
+
+def later(step) -> None:
+    """Run ``step`` on a later event-loop turn, after the input and repaints waiting: by a timer ``TURN_MS``
+    ahead, which Qt's GLib event loop runs at idle priority once it has fired (``runWithIdlePriority``), not a
+    posted event (``singleShot(0)``), which it runs first: a chain of posted events kept a mouse event
+    waiting for two steps and their repaints (measured with bench/gui_latency.py's XTest pointer)."""
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(TURN_MS, step)
+
+
 def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove_first: bool = False,
                   regrid: bool = False) -> None:
     """Update the layers of ``update`` (``(layer, (data, kwargs, "image"))`` pairs: new data, name and
@@ -289,21 +309,17 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
     machine with software OpenGL), and each removal a full garbage collection (``gc.collect()`` in napari's
     scene-graph clean-up: 0.1-1 s with a model loaded; one per batch of removals); four in one go freeze the
     viewer for a second or more. An update in place costs neither."""
-    from qtpy.QtCore import QTimer
-
     pending, added, gone, todo = list(layer_data), [], list(remove), list(update)
+    _SHOWING[id(viewer)] = _SHOWING.get(id(viewer), 0) + 1
 
     def remove_all():
-        with viewer.layers.batched_update():  # napari collects garbage once for the batch, not per layer
-            for layer in gone:
-                if layer in viewer.layers:
-                    viewer.layers.remove(layer)
+        remove_layers(viewer, gone)
         gone.clear()
 
     def next_one():
         if remove_first and gone:
             remove_all()
-            QTimer.singleShot(0, next_one)
+            later(next_one)
             return
         if todo:
             layer, (data, kwargs, _kind) = todo.pop(0)
@@ -312,26 +328,70 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
                 added.append(layer)
             else:
                 pending.insert(0, (data, kwargs, _kind))
-            QTimer.singleShot(0, next_one)
+            later(next_one)
+            return
+        if pending and viewer.dims.ndim < np.ndim(pending[0][0]):
+            # an empty viewer's first 3-D layer: its slider and the canvas resized for it (a synchronous
+            # redraw) in a turn of their own, not on top of the layer's panel and visual
+            viewer.dims.ndim = np.ndim(pending[0][0])
+            later(next_one)
             return
         if pending:
             data, kwargs, _kind = pending.pop(0)
             # added hidden, shown on the next turn: its panel and its first draw (which builds its GL
-            # programs) then come in two turns, not one
-            layer = viewer.add_image(data, **{**kwargs, "visible": False})
+            # programs) then come in two turns, not one; and not made the active layer (napari's default on
+            # insert: its controls panel shown, 10-30 ms a layer): ``on_done`` selects one, once
+            layer = _insert_quietly(viewer, data, {**kwargs, "visible": False})
             added.append(layer)
             if kwargs.get("visible", True):
-                QTimer.singleShot(0, lambda: setattr(layer, "visible", True) if layer in viewer.layers else None)
-            QTimer.singleShot(0, next_one)
+                def show_then_go_on():
+                    if layer in viewer.layers:
+                        layer.visible = True
+                    later(next_one)
+
+                later(show_then_go_on)
+            else:
+                later(next_one)
             return
         if gone:
             remove_all()
-            QTimer.singleShot(0, next_one)
+            later(next_one)
             return
+        _SHOWING[id(viewer)] -= 1
+        if not _SHOWING[id(viewer)]:
+            del _SHOWING[id(viewer)]
         if on_done is not None:
             on_done(added)
 
-    QTimer.singleShot(0, next_one)
+    later(next_one)
+
+
+_SHOWING: dict[int, int] = {}  # id(viewer) -> layer batches on their way in (add_gradually)
+
+
+def arriving(viewer) -> bool:
+    """Whether layers are still arriving in ``viewer`` one per turn: a panel that mirrors the layers can
+    wait for the last (each refresh on the way costs a repaint)."""
+    from ._reading import unwrap
+
+    return id(unwrap(viewer)) in _SHOWING or id(viewer) in _SHOWING
+
+
+def _insert_quietly(viewer, data, kwargs):
+    """``viewer.add_image`` without making the new layer the active one (napari's ``_activate_on_insert``,
+    on the viewer itself, not npe2's proxy of it, which warns on private names; a napari without it adds
+    the layer as usual)."""
+    from ._reading import unwrap
+
+    layers = unwrap(viewer).layers
+    before = getattr(layers, "_activate_on_insert", None)
+    if before is not None:
+        layers._activate_on_insert = False
+    try:
+        return viewer.add_image(data, **kwargs)
+    finally:
+        if before is not None:
+            layers._activate_on_insert = before
 
 
 def update_layer(layer, data, kwargs, regrid: bool = False) -> None:

@@ -289,6 +289,11 @@ class Reading:
         colors = [tuple(o.color) for o in overlays]
         for o in overlays:
             o.color = (*tuple(o.color)[:3], 0.0)
+        # the scale bar too (shown with the first study): its text's GL program took ~30 ms of that turn
+        bar = self.viewer.scale_bar
+        bar_was = (bar.visible, bar.opacity, bar.box)
+        if not bar.visible:
+            bar.box, bar.opacity, bar.visible = False, 0.0, True
 
         def step():
             if self.viewer is None:
@@ -303,6 +308,9 @@ class Reading:
                 o.color = color
                 if self._shown_for is None:
                     o.text = ""
+            bar.opacity = bar_was[1]
+            if self._shown_for is None:  # no study yet: as it was (a study shown meanwhile keeps its bar)
+                bar.visible, bar.box = bar_was[0], bar_was[2]
             self._refresh()
 
         QTimer.singleShot(0, step)

@@ -13,6 +13,12 @@ The freeze is done once, on the Qt thread, after a collection of what was garbag
 viewer holds a layer (a layer frozen and later removed would never be collected, nor its voxels). A study
 opened before the imports finish means no freeze: the viewer works as before, only collections cost more.
 A client install (no torch) imports what it has. ``HLIP_NAPARI_GC_FREEZE=0`` turns it off.
+
+Before the freeze, napari's own first-layer costs are paid too, or the first study opened pays them on the Qt
+thread (0.5 s here, measured: ``bench/gui_latency.py``): ``scipy.ndimage`` (napari imports it lazily for a
+layer's first thumbnail) and pint's unit registry (parsed on first use: a layer's units) on the thread, and on
+the Qt thread a throwaway layer model with the plugin's settings (pydantic's validators, the dims machinery; no
+viewer, nothing on screen: ~40 ms).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import threading
 
 # what loading a model first imports (torch, transformers' model machinery: ~1,500 modules; the model
 # itself then adds ~12,000 objects); measured with sys.modules before and after load_model
-ENGINE_MODULES = ("torch", "transformers", "transformers.modeling_utils", "transformers.models.bert.modeling_bert",
+ENGINE_MODULES = ("scipy.ndimage", "torch", "transformers", "transformers.modeling_utils", "transformers.models.bert.modeling_bert",
                   "transformers.models.auto.tokenization_auto", "safetensors.torch", "hlip_engine.model",
                   "hlip_engine.relevance", "hlip_engine.search", "hlip_engine.zeroshot")
 POLL_MS = 200
@@ -36,6 +42,12 @@ def enabled() -> bool:
 
 
 def _import_engine() -> None:
+    try:  # napari's lazily built unit registry (0.3 s of parsing): first, long before a study can be opened
+        import pint
+
+        pint.get_application_registry().mm  # noqa: B018 - the attribute access builds it
+    except Exception:  # noqa: BLE001 - a warm-up only
+        pass
     for name in ENGINE_MODULES:
         try:
             importlib.import_module(name)
@@ -49,6 +61,23 @@ def viewers_hold_layers() -> bool:
     from ._reading import _READINGS
 
     return any(v is not None and len(v.layers) for v in (ref() for ref, _reading in list(_READINGS.values())))
+
+
+def warm_napari() -> None:
+    """A throwaway viewer model (no Qt, nothing on screen) given a scan and an overlay layer as the plugin
+    makes them, then dropped: napari's first-layer costs are paid now, not by the first study opened."""
+    import numpy as np
+    from napari.components import ViewerModel
+
+    from ._layers import AXIS_LABELS, UNITS, relevance_colormap
+
+    model = ViewerModel()
+    affine = np.diag([1.0, 0.5, 0.5, 1.0])
+    common = dict(affine=affine, axis_labels=AXIS_LABELS, units=UNITS, interpolation2d="linear")
+    model.add_image(np.zeros((2, 4, 4), np.float32), contrast_limits=(0.0, 1.0), colormap="gray", **common)
+    model.add_image(np.zeros((2, 4, 4), np.float32), contrast_limits=(0.2, 1.0), colormap=relevance_colormap(),
+                    opacity=0.6, blending="translucent", **common)
+    model.layers.clear()
 
 
 def freeze_now() -> bool:
@@ -77,6 +106,11 @@ def start() -> None:
         if not _state["imported"].is_set():
             QTimer.singleShot(POLL_MS, poll)
             return
+        try:
+            if not viewers_hold_layers():
+                warm_napari()
+        except Exception:  # noqa: BLE001 - a warm-up only: the first study then pays napari's first-layer costs
+            pass
         freeze_now()
 
     QTimer.singleShot(POLL_MS, poll)

@@ -21,6 +21,8 @@ from .._layers import (
     PLANES,
     SCAN_KEY,
     UNITS,
+    arriving,
+    later,
     open_study,
     relabel,
     show_plane,
@@ -32,6 +34,7 @@ from .._reading import reading, unwrap
 from .jobs import follow, follow_layer
 
 SIDE_PLANES = ("coronal", "sagittal")
+WAIT_MS = 30  # while the viewer's layers still arrive one per turn, the planes wait (hung once, at the end)
 CROSS_COLOR = "#4fc3f7"
 
 
@@ -147,7 +150,10 @@ class HangingWidget(QWidget):
         self.point: np.ndarray | None = None  # the crosshair, world (S, P, L) mm
         self.canvases = {plane: PlaneCanvas(plane.capitalize(), self) for plane in SIDE_PLANES}
         self._syncing = False
-        self._pending = False
+        self._running = self._again = self._closed = False
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._due)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         hint = QLabel("Click a point in any plane: the others move there. The main canvas is axial.")
@@ -178,48 +184,89 @@ class HangingWidget(QWidget):
         except ValueError:
             pass
 
+    @property
+    def _pending(self) -> bool:
+        """A hanging is due or under way (the planes do not show the viewer's layers yet)."""
+        return self._timer.isActive() or self._running
+
     def _schedule(self, event=None) -> None:
         value = getattr(event, "value", None)  # a layer (inserted, removed), or a layer's new data
         if value is not None and getattr(value, "metadata", {}).get(KIND_KEY) == "crosshair":
             return
-        if not self._pending:
-            self._pending = True
-            QTimer.singleShot(0, self.rebuild)
+        if self._running:  # a hanging under way: hang again once it is done (it planned from the old layers)
+            self._again = True
+            return
+        self._timer.start(WAIT_MS if arriving(self.viewer) else 0)
+
+    def _due(self) -> None:
+        if arriving(self.viewer):  # the next study's scans still coming in: hang them all at once, after
+            self._timer.start(WAIT_MS)
+            return
+        self.rebuild()
 
     def rebuild(self) -> None:
-        """Hang the open study: axial in the viewer, coronal and sagittal here, the crosshair at its centre."""
-        self._pending = False
+        """Hang the open study: axial in the viewer, coronal and sagittal here, the crosshair at its centre.
+
+        One step per event-loop turn (each plane, then the crosshair in each): a plane taking the next study
+        costs its canvas a repaint of tens of ms here, and all in one turn froze the viewer for 200-300 ms.
+        ``_pending`` is true until the last step."""
+        self._timer.stop()
+        self._running, self._again = True, False
         study = open_study(self.viewer)
         layers = [layer for layer in self.viewer.layers if study_of(layer) is study
                   and layer.metadata.get(KIND_KEY) in ("scan", "relevance")] if study is not None else []
         if study is not None and not layers:
+            self._finish()
             return  # a study on its way in (its scans not there yet): it is hung when they are
+        steps = []
         for plane, canvas in self.canvases.items():
             chosen = plane_layers(layers, plane)
             # the same layers with the same voxels: nothing to re-hang (a layer given new data in place,
             # e.g. a relevance overlay of the next prompt, is hung again)
             key = [(id(x), id(x.data)) for x in chosen]
             if key != getattr(canvas, "_key", None):
-                canvas._key = key
-                self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
-                try:
-                    canvas.show_layers(chosen, plane)
-                finally:
-                    self._syncing = False
-                for source in chosen:
-                    self._follow_contrast(source)
+                steps.append(lambda canvas=canvas, chosen=chosen, plane=plane, key=key:
+                             self._hang(canvas, chosen, plane, key))
         for layer in layers:  # showing another series in the viewer re-hangs the planes
             if id(layer) not in self._watched:
                 self._watched.add(id(layer))
                 follow(self, layer.events.visible, self._schedule)
                 follow(self, layer.events.data, self._schedule)
-        if not layers:
+        if layers:
+            steps.append(lambda: self._place(study, steps))
+        self._run(steps)
+
+    def _run(self, steps) -> None:
+        if self._closed or not steps:
+            self._finish()
             return
+        steps.pop(0)()
+        later(lambda: self._run(steps))
+
+    def _finish(self) -> None:
+        self._running = False
+        if self._again and not self._closed:
+            self._schedule()
+
+    def _hang(self, canvas, chosen, plane: str, key) -> None:
+        canvas._key = key
+        self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
+        try:
+            canvas.show_layers(chosen, plane)
+        finally:
+            self._syncing = False
+        for source in chosen:
+            self._follow_contrast(source)
+
+    def _place(self, study, steps: list) -> None:
+        """The viewer in the axial plane; a study hung anew gets the crosshair at its centre, one plane per
+        turn (the steps after this one)."""
         if tuple(self.viewer.dims.order) != PLANES["axial"][0]:
             show_plane(self.viewer, "axial")
         if self.point is None or study is not getattr(self, "_study", None):
             self._study = study
-            self.set_point(np.asarray(self.viewer.dims.point, dtype=float))
+            self._aim(np.asarray(self.viewer.dims.point, dtype=float))
+            steps.extend(lambda viewer=viewer: self._move(viewer) for viewer in self.viewers().values())
 
     def _follow_contrast(self, source) -> None:
         """Window/level changed on a layer in the viewer: its copies in the planes follow. One connection per
@@ -262,24 +309,32 @@ class HangingWidget(QWidget):
 
     def set_point(self, point) -> None:
         """Move every plane to ``point`` (world S, P, L mm) and draw the crosshair there."""
+        self._aim(point)
+        for viewer in self.viewers().values():
+            self._move(viewer)
+
+    def _aim(self, point) -> None:
+        """The crosshair's point: ``point``, or the nearest point of the study for a click beside it."""
         point = np.asarray(point, dtype=float)[-3:]
         scans = [x for x in self.viewer.layers if x.metadata.get(KIND_KEY) == "scan"]
-        if scans:  # a click beside the image: the nearest point of the study
+        if scans:
             lo = np.min([np.asarray(x.extent.world)[0, -3:] for x in scans], axis=0)
             hi = np.max([np.asarray(x.extent.world)[1, -3:] for x in scans], axis=0)
             point = np.clip(point, lo, hi)
         self.point = point
+
+    def _move(self, viewer) -> None:
+        """One plane to the crosshair's point, with the crosshair drawn on it."""
+        if self.point is None or viewer.dims.ndim != 3:
+            return
         self._syncing = True
         try:
-            for viewer in self.viewers().values():
-                if viewer.dims.ndim != 3:
-                    continue
-                axis = int(viewer.dims.order[0])
-                viewer.dims.set_point(axis, float(self.point[axis]))
-                self._draw(viewer)
-                # a new or moved crosshair changes the layers' extent, and napari then snaps the slider to
-                # its world grid: put it back on the point
-                viewer.dims.set_point(axis, float(self.point[axis]))
+            axis = int(viewer.dims.order[0])
+            viewer.dims.set_point(axis, float(self.point[axis]))
+            self._draw(viewer)
+            # a new or moved crosshair changes the layers' extent, and napari then snaps the slider to its
+            # world grid: put it back on the point
+            viewer.dims.set_point(axis, float(self.point[axis]))
         finally:
             self._syncing = False
 
@@ -316,7 +371,7 @@ class HangingWidget(QWidget):
             layer.data = lines
 
     def close_canvases(self) -> None:
-        self._syncing, self.point = True, None  # closing: nothing to follow any more
+        self._syncing, self.point, self._closed = True, None, True  # closing: nothing to follow any more
         self._detach()
         for canvas in self.canvases.values():
             canvas.close_canvas()

@@ -32,6 +32,7 @@ from .._layers import (
     STUDY_KEY,
     WINDOW_KEY,
     add_studies,
+    arriving,
     auto_limits,
     contrast_text,
     open_study,
@@ -253,7 +254,8 @@ class StudyBrowser(QWidget):
 
     # --- mirroring the viewer ------------------------------------------------------------------
     def _schedule_refresh(self, *_args) -> None:
-        if not self._updating:
+        # a study arriving layer by layer: once, when the last is in (the study-shown event), not per layer
+        if not self._updating and not arriving(self.viewer):
             self.refresh()
 
     def refresh(self) -> None:

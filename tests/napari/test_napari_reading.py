@@ -60,7 +60,7 @@ def test_a_second_study_replaces_the_first_and_every_layer_says_whose(tmp_path, 
     viewer.window._qt_window.resize(1600, 1000)
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     browser.open_path(str(ct_folder))
-    qtbot.waitUntil(lambda: len(scan_layers(viewer)) == 2, timeout=60_000)
+    qtbot.waitUntil(lambda: len(scan_layers(viewer)) == 2 and browser.study is not None, timeout=60_000)
     ct = browser.study
     add_ruler(viewer, ct).add_lines(np.array([[0.0, 0.0, 0.0], [0.0, 30.0, 40.0]]))
     assert viewer.layers[-1].features["length"].tolist() == [50.0]  # mm: the world is in mm
@@ -204,7 +204,8 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
     browser.open_path(str(folder))
     qtbot.waitUntil(lambda: len(scan_layers(viewer)) == 2, timeout=60_000)
     hanging = browser.hang_3up()
-    qtbot.waitUntil(lambda: all(c.model.layers for c in hanging.canvases.values()), timeout=10_000)
+    qtbot.waitUntil(lambda: all(c.model.layers for c in hanging.canvases.values()) and not hanging._pending,
+                    timeout=10_000)
     for _ in range(5):
         QApplication.processEvents()
     sag_canvas, cor_canvas = hanging.canvases["sagittal"], hanging.canvases["coronal"]
