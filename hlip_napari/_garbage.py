@@ -114,6 +114,11 @@ def waiting() -> bool:
     return bool(_COLLECTOR) and _COLLECTOR[0].due is not None
 
 
+def deferring() -> bool:
+    """Whether the plugin defers napari's collection: everywhere but on Windows (its driver workaround)."""
+    return sys.platform != "win32"
+
+
 def remove_layers(viewer, layers) -> None:
     """Remove ``layers`` from ``viewer`` in one batch; off Windows, the collection napari would run at once
     runs when the reader is quiet (see the module's docstring)."""
@@ -122,7 +127,7 @@ def remove_layers(viewer, layers) -> None:
     except ImportError:  # pragma: no cover - napari moved its canvas: its own behaviour then
         canvas_module = None
     asked = None
-    if sys.platform != "win32" and getattr(canvas_module, "gc", None) is gc and collector() is not None:
+    if deferring() and getattr(canvas_module, "gc", None) is gc and collector() is not None:
         asked = canvas_module.gc = _CollectionAsked(gc)
     try:
         with viewer.layers.batched_update():  # napari collects garbage once for the batch, not per layer

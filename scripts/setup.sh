@@ -8,10 +8,11 @@ PY=${PYTHON:-python3}
 stamp=.venv/.hlip-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 
 # Debian libraries for Qt (xcb) and Mesa under Xvfb; a real PACS (Orthanc + DICOMweb) and the reference
-# DIMSE tools (dcmtk) for the PACS tests, which start and stop their own servers on loopback.
+# DIMSE tools (dcmtk) for the PACS tests, which start and stop their own servers on loopback; libxtst6 for
+# bench/gui_latency.py's pointer (XTest).
 DEB_PKGS="xvfb xauth libgl1 libgl1-mesa-dri libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0
  libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0
- libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1 libx11-xcb1
+ libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1 libx11-xcb1 libxtst6
  orthanc orthanc-dicomweb dcmtk"
 missing=""
 for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

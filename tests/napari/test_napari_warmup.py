@@ -38,6 +38,11 @@ def test_idle_viewer_imports_the_engine_then_freezes_and_layers_are_still_collec
     assert _warmup._state["frozen"] and not _warmup._state["skipped"]
     assert gc.get_freeze_count() > 100_000  # torch and transformers' objects, permanent now
     assert "transformers.modeling_utils" in sys.modules and "torch" in sys.modules
+    # napari's first-layer costs paid too: the lazily imported scipy.ndimage, pint's registry parsed
+    import pint
+
+    assert "scipy.ndimage" in sys.modules
+    assert type(pint.get_application_registry().get()).__name__ != "LazyRegistry"
     # a layer added and removed after the freeze is collected: napari's clean-up still frees it at once
     layer = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="after")
     gone = weakref.ref(layer)
