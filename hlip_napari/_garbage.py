@@ -9,9 +9,9 @@ even after the warm-up's freeze): on top of the removal and the repaint after it
 study froze the viewer for 200-300 ms. Skipped altogether, the garbage piles up until Python's own full
 collection comes, at a moment nobody chose (seen: in the middle of a repaint).
 
-Off Windows the plugin therefore runs that collection itself once no click, key or wheel has come for
-``QUIET_S`` and no study is arriving (the reader looking at the study just opened), and at the latest
-``LATEST_S`` after the removal. The closed study itself goes at once: a removed layer's metadata (which
+Off Windows the plugin therefore runs that collection itself once no click, key or wheel has come and no
+step of the plugin's own work has run for ``QUIET_S`` (the reader looking at the study just opened), and at
+the latest ``LATEST_S`` after the removal. The closed study itself goes at once: a removed layer's metadata (which
 holds the study, with every scan's voxels) is cleared. On Windows napari's own order is kept.
 """
 from __future__ import annotations
@@ -74,11 +74,9 @@ class Collector:
         self.timer.start(int(QUIET_S * 1000))
 
     def _check(self) -> None:
-        from ._layers import _SHOWING
-
         now = time.monotonic()
         wait = QUIET_S - (now - self.last_input)
-        if now < self.due and (wait > 0 or _SHOWING):
+        if now < self.due and wait > 0:
             self.timer.start(int(max(wait, 0.1) * 1000))
             return
         self.run()
@@ -96,6 +94,12 @@ class Collector:
 
 
 _COLLECTOR: list[Collector] = []
+
+
+def note_work() -> None:
+    """The plugin did a step of work on the Qt thread (a layer added, a plane hung): not quiet yet."""
+    if _COLLECTOR and _COLLECTOR[0].due is not None:
+        _COLLECTOR[0].last_input = time.monotonic()
 
 
 def collector() -> Collector | None:

@@ -285,16 +285,23 @@ def add_studies(viewer, studies, *, replace: bool = True) -> list:
 
 
 TURN_MS = 10  # ms between steps: a mouse event that came during a step's repaint is handled before the next
+RESIZED_MS = 100  # after a step that resized the canvas (its most costly repaint, in software GL)
 
 
-def later(step) -> None:
+def later(step, ms: int | None = None) -> None:
     """Run ``step`` on a later event-loop turn, after the input and repaints waiting: by a timer ``TURN_MS``
     ahead, which Qt's GLib event loop runs at idle priority once it has fired (``runWithIdlePriority``), not a
     posted event (``singleShot(0)``), which it runs first: a chain of posted events kept a mouse event
     waiting for two steps and their repaints (measured with bench/gui_latency.py's XTest pointer)."""
     from qtpy.QtCore import QTimer
 
-    QTimer.singleShot(TURN_MS, step)
+    from ._garbage import note_work
+
+    def run():
+        note_work()  # not quiet: a deferred garbage collection waits (_garbage.py)
+        step()
+
+    QTimer.singleShot(TURN_MS if ms is None else ms, run)
 
 
 def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove_first: bool = False,
@@ -335,7 +342,7 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
             # an empty viewer's first 3-D layer: its slider and the canvas resized for it (a synchronous
             # redraw) in a turn of their own, not on top of the layer's panel and visual
             viewer.dims.ndim = np.ndim(pending[0][0])
-            later(next_one)
+            later(next_one, RESIZED_MS)  # the window's repaint at its new size first, and the input after it
             return
         if pending:
             data, kwargs, _kind = pending.pop(0)
