@@ -179,6 +179,7 @@ class HangingWidget(QWidget):
         return {"axial": self.viewer, **{p: c.model for p, c in self.canvases.items()}}
 
     def _detach(self) -> None:
+        self._closed = True  # a step still on its way (a timer) does nothing on a closed widget
         try:
             self.viewer.mouse_drag_callbacks.remove(self._click)
         except ValueError:
