@@ -29,6 +29,8 @@ from hlip_engine.windows import (  # noqa: F401 - the browser's window box takes
     window_presets,
 )
 
+from ._garbage import note_work, remove_layers  # removals collected once the reader is quiet
+
 AXIS_LABELS = ("I-S", "A-P", "R-L")
 STUDY_KEY = "hlip_study"  # layer.metadata key holding the Study a scan layer came from
 SCAN_KEY = "hlip_scan"  # layer.metadata key holding the scan's index in Study.scans
@@ -219,13 +221,6 @@ def study_of(layer) -> Study | None:
     return study if isinstance(study, Study) else None
 
 
-def remove_layers(viewer, layers) -> None:
-    """Remove ``layers`` in one batch (their garbage collected once the reader is quiet: _garbage.py)."""
-    from ._garbage import remove_layers as remove
-
-    remove(viewer, layers)
-
-
 def close_other_studies(viewer, keep: Study) -> list[str]:
     """Remove the layers of every study but ``keep`` (scans, overlays, rulers): one patient on screen.
 
@@ -295,8 +290,6 @@ def later(step, ms: int | None = None) -> None:
     waiting for two steps and their repaints (measured with bench/gui_latency.py's XTest pointer)."""
     from qtpy.QtCore import QTimer
 
-    from ._garbage import note_work
-
     def run():
         note_work()  # not quiet: a deferred garbage collection waits (_garbage.py)
         step()
@@ -318,7 +311,10 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
     place costs neither. Each step is a timer (:func:`later`): the reader's input between two steps is
     handled before the next."""
     pending, added, gone, todo = list(layer_data), [], list(remove), list(update)
-    _SHOWING[id(viewer)] = _SHOWING.get(id(viewer), 0) + 1
+    from ._reading import unwrap
+
+    key = id(unwrap(viewer))
+    _SHOWING[key] = _SHOWING.get(key, 0) + 1
 
     def remove_all():
         remove_layers(viewer, gone)
@@ -365,16 +361,16 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
             remove_all()
             later(next_one)
             return
-        _SHOWING[id(viewer)] -= 1
-        if not _SHOWING[id(viewer)]:
-            del _SHOWING[id(viewer)]
+        _SHOWING[key] -= 1
+        if not _SHOWING[key]:
+            del _SHOWING[key]
         if on_done is not None:
             on_done(added)
 
     later(next_one)
 
 
-_SHOWING: dict[int, int] = {}  # id(viewer) -> layer batches on their way in (add_gradually)
+_SHOWING: dict[int, int] = {}  # id(the viewer itself) -> layer batches on their way in (add_gradually)
 
 
 def arriving(viewer) -> bool:
@@ -382,7 +378,7 @@ def arriving(viewer) -> bool:
     wait for the last (each refresh on the way costs a repaint)."""
     from ._reading import unwrap
 
-    return id(unwrap(viewer)) in _SHOWING or id(viewer) in _SHOWING
+    return id(unwrap(viewer)) in _SHOWING
 
 
 def _insert_quietly(viewer, data, kwargs):

@@ -28,10 +28,12 @@ import os
 import threading
 
 # what loading a model first imports (torch, transformers' model machinery: ~1,500 modules; the model
-# itself then adds ~12,000 objects); measured with sys.modules before and after load_model
-ENGINE_MODULES = ("scipy.ndimage", "torch", "transformers", "transformers.modeling_utils", "transformers.models.bert.modeling_bert",
-                  "transformers.models.auto.tokenization_auto", "safetensors.torch", "hlip_engine.model",
-                  "hlip_engine.relevance", "hlip_engine.search", "hlip_engine.zeroshot")
+# itself then adds ~12,000 objects; measured with sys.modules before and after load_model), and
+# scipy.ndimage, which napari imports for a layer's first thumbnail
+ENGINE_MODULES = ("scipy.ndimage", "torch", "transformers", "transformers.modeling_utils",
+                  "transformers.models.bert.modeling_bert", "transformers.models.auto.tokenization_auto",
+                  "safetensors.torch", "hlip_engine.model", "hlip_engine.relevance", "hlip_engine.search",
+                  "hlip_engine.zeroshot")
 POLL_MS = 200
 
 _state = {"started": False, "imported": threading.Event(), "frozen": False, "skipped": ""}

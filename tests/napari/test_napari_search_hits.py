@@ -81,8 +81,9 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
 
     # double-click opens the hit; a second one replaces it (one patient on screen)
     sw.table.cellDoubleClicked.emit(0, 3)
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
     browser = widgets["Study browser"]
+    # the browser's header follows once the study's layers are all in
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2 and browser.study is not None, timeout=60_000)
     assert "CT HEAD" in browser.title.text()
     sw.modality.setCurrentText("MR")
     sw.rows = []
