@@ -48,7 +48,7 @@ class Collector:
 
         self.due: float | None = None  # the latest time the collection may wait for
         self.last_input = 0.0
-        self.collections: list[float] = []  # how long each took, s
+        self.last_s = 0.0  # how long the last collection took
         self.timer = QTimer()
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self._check)
@@ -90,7 +90,7 @@ class Collector:
         self.app.removeEventFilter(self.filter)
         t = time.perf_counter()
         gc.collect()
-        self.collections.append(time.perf_counter() - t)
+        self.last_s = time.perf_counter() - t
 
 
 _COLLECTOR: list[Collector] = []
