@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -302,8 +303,8 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
     """Update the layers of ``update`` (``(layer, (data, kwargs, "image"))`` pairs: new data, name and
     metadata in a layer already on screen; on a new grid too when ``regrid``), add ``(data, kwargs, "image")``
     tuples, then remove the layers ``remove``; one step per event-loop turn (the removals in one batch,
-    first when ``remove_first``); then call ``on_done(layers)`` with the updated and added layers, in that
-    order.
+    first when ``remove_first``); then call ``on_done(layers)`` with the updated and added layers still in
+    the viewer, in that order.
 
     Why: each insert or removal costs napari a redraw and a layer-controls panel (40-400 ms on a 2-core
     machine with software OpenGL), and each batch of removals a full garbage collection (deferred until the
@@ -342,20 +343,23 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
             return
         if pending:
             data, kwargs, _kind = pending.pop(0)
-            # added hidden, shown on the next turn: its panel and its first draw (which builds its GL
-            # programs) then come in two turns, not one; and not made the active layer (napari's default on
-            # insert: its controls panel shown, 10-30 ms a layer): ``on_done`` selects one, once
+            # added hidden and without its controls panel (18-40 ms), which comes on the next turn, and it is
+            # shown on the one after: its visual, its panel and its first draw (which builds its GL programs)
+            # then come in three turns, not one; and not made the active layer (napari's default on insert:
+            # its controls panel shown, 10-30 ms a layer): ``on_done`` selects one, once
             layer = _insert_quietly(viewer, data, {**kwargs, "visible": False})
             added.append(layer)
-            if kwargs.get("visible", True):
-                def show_then_go_on():
-                    if layer in viewer.layers:
-                        layer.visible = True
-                    later(next_one)
 
-                later(show_then_go_on)
-            else:
+            def show_then_go_on():
+                if layer in viewer.layers and kwargs.get("visible", True):
+                    layer.visible = True
                 later(next_one)
+
+            def controls_then_show():
+                late_controls(viewer, layer)
+                later(show_then_go_on)
+
+            later(controls_then_show)
             return
         if gone:
             remove_all()
@@ -364,8 +368,8 @@ def add_gradually(viewer, layer_data, on_done=None, remove=(), update=(), remove
         _SHOWING[key] -= 1
         if not _SHOWING[key]:
             del _SHOWING[key]
-        if on_done is not None:
-            on_done(added)
+        if on_done is not None:  # the layers still there (the reader may have closed some on the way)
+            on_done([layer for layer in added if layer in viewer.layers])
 
     later(next_one)
 
@@ -383,19 +387,85 @@ def arriving(viewer) -> bool:
 
 def _insert_quietly(viewer, data, kwargs):
     """``viewer.add_image`` without making the new layer the active one (napari's ``_activate_on_insert``,
-    on the viewer itself, not npe2's proxy of it, which warns on private names; a napari without it adds
-    the layer as usual)."""
+    on the viewer itself, not npe2's proxy of it, which warns on private names) and without building its
+    controls panel, which :func:`late_controls` builds on a later turn. A napari without either adds the
+    layer as usual."""
     from ._reading import unwrap
 
-    layers = unwrap(viewer).layers
+    real = unwrap(viewer)
+    layers = real.layers
+    controls = _controls_container(real)
     before = getattr(layers, "_activate_on_insert", None)
     if before is not None:
         layers._activate_on_insert = False
     try:
-        return viewer.add_image(data, **kwargs)
+        if controls is None:
+            return viewer.add_image(data, **kwargs)
+        with layers.events.inserted.blocker(controls._add):
+            layer = viewer.add_image(data, **kwargs)
+        _LATE_CONTROLS.setdefault(controls, []).append(layer)
+        return layer
     finally:
         if before is not None:
             layers._activate_on_insert = before
+
+
+# napari's layer-controls container (a QStackedWidget of one panel per layer) -> the layers whose panel
+# :func:`_insert_quietly` left for a later turn
+_LATE_CONTROLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _PanelsOnDemand(dict):
+    """napari's ``container.widgets`` (layer -> its controls panel), building a panel still to come when napari
+    looks it up: a layer selected or removed (a click) before the turn that builds its panel gets it then."""
+
+    def __init__(self, container, panels):
+        super().__init__(panels)
+        self._container = weakref.ref(container)
+
+    def __missing__(self, layer):
+        container = self._container()
+        pending = _LATE_CONTROLS.get(container, []) if container is not None else []
+        if not any(x is layer for x in pending):
+            raise KeyError(layer)
+        _build_panel(container, layer)  # even for a layer already removed: napari's removal looks its panel up
+        return dict.__getitem__(self, layer)
+
+
+def _controls_container(viewer):
+    """The main window's layer-controls container, when the viewer has one built and napari still builds a
+    panel per layer on insert (its ``_add``) into its ``widgets`` dict; None for a 3-up plane's viewer model
+    or another napari."""
+    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    container = getattr(qt_viewer, "_controls", None)
+    if not callable(getattr(container, "_add", None)) or type(getattr(container, "widgets", None)) not in (
+            dict, _PanelsOnDemand):
+        return None
+    if type(container.widgets) is dict:
+        container.widgets = _PanelsOnDemand(container, container.widgets)
+    return container
+
+
+def late_controls(viewer, layer=None) -> None:
+    """Build the controls panels :func:`_insert_quietly` left out (``layer``'s, or all still missing)."""
+    from ._reading import unwrap
+
+    controls = _controls_container(unwrap(viewer))
+    pending = _LATE_CONTROLS.get(controls, []) if controls is not None else []
+    for waiting in [x for x in pending if layer is None or x is layer]:
+        if waiting in unwrap(viewer).layers:
+            _build_panel(controls, waiting)
+        else:  # removed meanwhile (its panel built then, if napari asked for it)
+            pending.remove(waiting)
+
+
+def _build_panel(container, layer) -> None:
+    from types import SimpleNamespace
+
+    pending = _LATE_CONTROLS.get(container, [])
+    pending[:] = [x for x in pending if x is not layer]
+    if not dict.__contains__(container.widgets, layer):
+        container._add(SimpleNamespace(value=layer))
 
 
 def update_layer(layer, data, kwargs, regrid: bool = False) -> None:

@@ -88,42 +88,58 @@ class PlaneCanvas(QWidget):
         self.sources: list = []
 
     def show_layers(self, layers, plane: str) -> None:
-        """Show copies of ``layers`` hung in ``plane``: the copies on this canvas take the new layers' voxels
-        and settings in place (napari collects garbage for every layer removed: ~0.3 s here), the surplus
-        goes in one batch, what is missing is added."""
+        """Show copies of ``layers`` hung in ``plane``, at once (:meth:`hanging_steps`, all in one go)."""
+        for step in self.hanging_steps(layers, plane):
+            step()
+
+    def hanging_steps(self, layers, plane: str) -> list:
+        """Showing copies of ``layers`` hung in ``plane``, as steps to run one per event-loop turn (each copy
+        taking a layer over costs a slice and a texture: 15-20 ms here): the copies on this canvas take the
+        new layers' voxels and settings in place (napari collects garbage for every layer removed: ~0.3 s
+        here), the surplus goes in one batch, what is missing is added. The first step hides the copies still
+        showing the layers before (a closed study's overlay never lies over the next study's scan)."""
         self.sources = list(layers)
         if not layers:  # no study: nothing on this canvas (the crosshair neither)
-            self.model.layers.clear()
-            return
+            return [self.model.layers.clear]
         have = [x for x in self.model.layers if x.metadata.get(KIND_KEY) in ("scan", "relevance", "spare")]
-        for copy, layer in zip(have, layers):
+        pairs = list(zip(have, layers))
+
+        def take_over(i):
+            copy, layer = pairs[i]
             update_layer(copy, layer.data, {**copy_kwargs(layer), "visible": True}, regrid=True)
-        for extra in have[len(layers):]:
-            # kept hidden for the next layers to take over (no layer list shows on this canvas; a removal
-            # would cost napari a full garbage collection), holding no voxels and no study
-            extra.visible = False
-            extra.data = np.zeros((1, 1, 1), dtype=np.float32)
-            # one voxel inside the study's extent (set after the data: see update_layer)
-            extra.affine = np.asarray(layers[0].affine.affine_matrix)
-            extra.metadata.clear()
-            extra.metadata[KIND_KEY] = "spare"
-        for layer in layers[len(have):]:
-            copy = copy_layer(layer)
-            copy.visible = True  # the plane's own series, even when hidden in the viewer
-            self.model.add_layer(copy)
-        study = study_of(layers[0])
-        for i, x in enumerate(list(self.model.layers)):  # the crosshair: on top of the images, this study's
-            if x.metadata.get(KIND_KEY) == "crosshair":
-                if study is not None and study_of(x) is not study:
-                    relabel(x, study)
-                if i != len(self.model.layers) - 1:
-                    self.model.layers.move(i, len(self.model.layers))
-        state = reading(self.model)
-        state.compact = True  # the title says whose; the corner says where
-        state._refresh()
-        show_plane(self.model, plane)
-        self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study)} · "
-                           f"{layers[0].name.split(' · ', 1)[-1]}")
+            if i == 0:
+                for later_copy, _layer in pairs[1:]:
+                    later_copy.visible = False
+
+        def the_rest():
+            for extra in have[len(layers):]:
+                # kept hidden for the next layers to take over (no layer list shows on this canvas; a removal
+                # would cost napari a full garbage collection), holding no voxels and no study
+                extra.visible = False
+                extra.data = np.zeros((1, 1, 1), dtype=np.float32)
+                # one voxel inside the study's extent (set after the data: see update_layer)
+                extra.affine = np.asarray(layers[0].affine.affine_matrix)
+                extra.metadata.clear()
+                extra.metadata[KIND_KEY] = "spare"
+            for layer in layers[len(have):]:
+                copy = copy_layer(layer)
+                copy.visible = True  # the plane's own series, even when hidden in the viewer
+                self.model.add_layer(copy)
+            study = study_of(layers[0])
+            for i, x in enumerate(list(self.model.layers)):  # the crosshair: on top of the images, this study's
+                if x.metadata.get(KIND_KEY) == "crosshair":
+                    if study is not None and study_of(x) is not study:
+                        relabel(x, study)
+                    if i != len(self.model.layers) - 1:
+                        self.model.layers.move(i, len(self.model.layers))
+            state = reading(self.model)
+            state.compact = True  # the title says whose; the corner says where
+            state._refresh()
+            show_plane(self.model, plane)
+            self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study)} · "
+                               f"{layers[0].name.split(' · ', 1)[-1]}")
+
+        return [lambda i=i: take_over(i) for i in range(len(pairs))] + [the_rest]
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().resizeEvent(event)
@@ -227,7 +243,7 @@ class HangingWidget(QWidget):
             key = [(id(x), id(x.data)) for x in chosen]
             if key != getattr(canvas, "_key", None):
                 steps.append(lambda canvas=canvas, chosen=chosen, plane=plane, key=key:
-                             self._hang(canvas, chosen, plane, key))
+                             self._hang(canvas, chosen, plane, key, steps))
         for layer in layers:  # showing another series in the viewer re-hangs the planes
             if id(layer) not in self._watched:
                 self._watched.add(id(layer))
@@ -249,13 +265,22 @@ class HangingWidget(QWidget):
         if self._again and not self._closed:
             self._schedule()
 
-    def _hang(self, canvas, chosen, plane: str, key) -> None:
+    def _hang(self, canvas, chosen, plane: str, key, steps: list) -> None:
+        """Hang ``chosen`` on ``canvas``: its first step now, the others first among ``steps`` (one per turn)."""
         canvas._key = key
-        self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
-        try:
-            canvas.show_layers(chosen, plane)
-        finally:
-            self._syncing = False
+
+        def syncing(step):
+            def run():
+                self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
+                try:
+                    step()
+                finally:
+                    self._syncing = False
+            return run
+
+        first, *rest = [syncing(step) for step in canvas.hanging_steps(chosen, plane)]
+        steps[0:0] = rest
+        first()
         for source in chosen:
             self._follow_contrast(source)
 

@@ -127,13 +127,13 @@ def test_the_browser_lists_an_arriving_study_once_and_the_3up_hangs_it_once(make
     fills, hangs = [], []
     real_fill = browser._fill
     browser._fill = lambda study, layers: (fills.append((study, len(layers))), real_fill(study, layers))[-1]
-    real_show = PlaneCanvas.show_layers
+    real_steps = PlaneCanvas.hanging_steps
 
-    def show_layers(canvas, layers, plane):
+    def hanging_steps(canvas, layers, plane):
         hangs.append((plane, len(layers)))
-        return real_show(canvas, layers, plane)
+        return real_steps(canvas, layers, plane)
 
-    PlaneCanvas.show_layers = show_layers
+    PlaneCanvas.hanging_steps = hanging_steps
     try:
         study = tiny_study()
         done = []
@@ -146,7 +146,7 @@ def test_the_browser_lists_an_arriving_study_once_and_the_3up_hangs_it_once(make
         assert sorted(p for p, _n in hangs) == ["coronal", "sagittal"]  # each plane hung once
         assert browser.table.rowCount() == len(study.scans)
     finally:
-        PlaneCanvas.show_layers = real_show
+        PlaneCanvas.hanging_steps = real_steps
         hanging.close_canvases()
         qtbot.wait(50)
 
@@ -164,3 +164,44 @@ def test_overlays_and_scans_arrive_without_taking_the_active_layer_each(make_nap
     layers = scan_layers(viewer, study)
     assert viewer.layers.selection.active is layers[0]
     assert [a for a in actives if a is not None] == [layers[0]]
+
+
+def test_a_layers_controls_panel_comes_on_a_turn_of_its_own_and_is_there_when_napari_needs_it(
+        make_napari_viewer, qtbot):
+    """napari builds a layer's controls panel in the insert (18-40 ms); the plugin builds it on the next
+    turn, and at once when the layer is selected or removed before that turn came."""
+    from hlip_napari._layers import _insert_quietly, late_controls, study_layer_data
+
+    viewer = make_napari_viewer(show=True)
+    controls = viewer.window._qt_viewer.controls
+    study = tiny_study()
+    (data, kwargs, _k), *_ = study_layer_data(study)
+    first = _insert_quietly(viewer, data, kwargs)
+    second = _insert_quietly(viewer, data, {**kwargs, "name": "second"})
+    assert first in viewer.layers and first not in controls.widgets and second not in controls.widgets
+    viewer.layers.selection.active = first  # a click on its row before its panel came: built first, shown
+    assert controls.currentWidget() is controls.widgets[first]
+    viewer.layers.remove(second)  # removed before its panel came: napari's removal finds one to remove
+    assert second not in controls.widgets and second not in viewer.layers
+    third = _insert_quietly(viewer, data, {**kwargs, "name": "third"})
+    late_controls(viewer, third)  # the turn of its own
+    assert third in controls.widgets
+    # a whole study by the plugin's path into an empty viewer: every scan is new, and ends with its panel
+    viewer.layers.clear()
+    done = []
+    show_study_gradually(viewer, [tiny_study()], done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=30_000)
+    assert len(viewer.layers) == 2 and all(layer in controls.widgets for layer in viewer.layers)
+
+
+def test_a_study_closed_on_its_way_in_ends_with_what_is_still_there(make_napari_viewer, qtbot):
+    """The reader clears the layers while a study's scans still arrive (a turn each): the arrival ends
+    without selecting a layer that is gone, and reports only the layers still in the viewer."""
+    viewer = make_napari_viewer(show=True)
+    done = []
+    show_study_gradually(viewer, [tiny_study()], done.append)
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=30_000)
+    viewer.layers.clear()
+    qtbot.waitUntil(lambda: bool(done), timeout=30_000)
+    assert all(layer in viewer.layers for layer in done[0]) and len(done[0]) <= 1
+    assert viewer.layers.selection.active in (*done[0], None)
