@@ -87,11 +87,6 @@ class PlaneCanvas(QWidget):
         layout.addWidget(self.qt_viewer.canvas.native, 1)
         self.sources: list = []
 
-    def show_layers(self, layers, plane: str) -> None:
-        """Show copies of ``layers`` hung in ``plane``, at once (:meth:`hanging_steps`, all in one go)."""
-        for step in self.hanging_steps(layers, plane):
-            step()
-
     def hanging_steps(self, layers, plane: str) -> list:
         """Showing copies of ``layers`` hung in ``plane``, as steps to run one per event-loop turn (each copy
         taking a layer over costs a slice and a texture: 15-20 ms here): the copies on this canvas take the
