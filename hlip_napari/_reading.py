@@ -289,15 +289,17 @@ class Reading:
         colors = [tuple(o.color) for o in overlays]
         for o in overlays:
             o.color = (*tuple(o.color)[:3], 0.0)
-        # the scale bar too (shown with the first study): its text's GL program took ~30 ms of that turn
+        # the scale bar too (shown with the first study): its text's GL program took ~30 ms of that turn. Once
+        # pint's registry is ready (the warm-up thread builds it: the bar's first draw uses pint)
         bar = self.viewer.scale_bar
         bar_was = (bar.visible, bar.opacity, bar.box)
-        if not bar.visible:
-            bar.box, bar.opacity, bar.visible = False, 0.0, True
+        from . import _warmup
 
         def step():
             if self.viewer is None:
                 return
+            if not bar.visible and self._shown_for is None and _warmup.units_ready():
+                bar.box, bar.opacity, bar.visible = False, 0.0, True
             if chunks and self._shown_for is None:
                 text = chunks.pop(0)
                 for o in overlays:

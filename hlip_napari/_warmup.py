@@ -16,7 +16,8 @@ A client install (no torch) imports what it has. ``HLIP_NAPARI_GC_FREEZE=0`` tur
 
 Before the freeze, napari's own first-layer costs are paid too, or the first study opened pays them on the Qt
 thread (0.5 s here, measured: ``bench/gui_latency.py``): ``scipy.ndimage`` (napari imports it lazily for a
-layer's first thumbnail) and pint's unit registry (parsed on first use: a layer's units) on the thread, and on
+layer's first thumbnail) and pint's unit registry (parsed on first use: a layer's units; built aside and
+installed on the Qt thread: :func:`_build_units`) on the thread, and on
 the Qt thread a throwaway layer model with the plugin's settings (pydantic's validators, the dims machinery; no
 viewer, nothing on screen: ~40 ms).
 """
@@ -43,13 +44,43 @@ def enabled() -> bool:
     return os.environ.get("HLIP_NAPARI_GC_FREEZE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _import_engine() -> None:
-    try:  # napari's lazily built unit registry (0.3 s of parsing): first, long before a study can be opened
+def _build_units() -> None:
+    """pint's unit registry (0.3 s of parsing) built aside, on the warm-up thread; :func:`install_units` makes
+    it pint's application registry on the Qt thread. Not pint's own lazy one built here: pint builds that in
+    place (its class changed first, then its definitions parsed), so the Qt thread using it meanwhile (napari's
+    scale bar, a layer's units) found a half-built registry ("'pixel' is not defined in the unit registry",
+    seen in CI)."""
+    try:
         import pint
 
-        pint.get_application_registry().mm  # noqa: B018 - the attribute access builds it
-    except Exception:  # noqa: BLE001 - a warm-up only
-        pass
+        _state["units"] = pint.UnitRegistry(on_redefinition="raise")  # as pint builds its default one
+    except Exception:  # noqa: BLE001 - a warm-up only: napari then builds pint's own on first use
+        _state["units"] = None
+
+
+def install_units() -> bool:
+    """On the Qt thread (where napari uses pint): the registry built aside becomes pint's application registry,
+    unless pint's own was used already (then it stays: units of two registries do not mix). Whether pint's
+    application registry is ready, so that using it costs no parsing."""
+    import pint
+    from pint.registry import LazyRegistry
+
+    if type(pint.get_application_registry().get()) is not LazyRegistry:  # built (type() reads no attribute)
+        return True
+    units = _state.get("units")
+    if units is None:
+        return False
+    pint.set_application_registry(units)
+    return True
+
+
+def units_ready() -> bool:
+    """Whether napari can use units now without parsing pint's registry on the Qt thread (or no warm-up runs)."""
+    return not enabled() or not _state["started"] or install_units()
+
+
+def _import_engine() -> None:
+    _build_units()  # first, long before a study can be opened
     for name in ENGINE_MODULES:
         try:
             importlib.import_module(name)
@@ -105,6 +136,7 @@ def start() -> None:
     threading.Thread(target=_import_engine, name="hlip-warm-up", daemon=True).start()
 
     def poll():
+        install_units()  # as soon as it is built: a study opened early finds it
         if not _state["imported"].is_set():
             QTimer.singleShot(POLL_MS, poll)
             return

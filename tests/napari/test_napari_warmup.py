@@ -72,3 +72,37 @@ def test_no_freeze_while_a_viewer_holds_a_layer(make_napari_viewer, qtbot, fresh
 def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("HLIP_NAPARI_GC_FREEZE", "0")
     assert not _warmup.enabled() and _warmup.done()
+
+
+def test_pints_registry_is_built_aside_and_installed_only_where_nobody_used_pints_own(monkeypatch):
+    """pint builds its application registry lazily *in place*; the warm-up thread builds one aside instead and
+    the Qt thread installs it, unless pint's own was used meanwhile (units of two registries do not mix)."""
+    import threading
+
+    import pint
+    from pint.registry import LazyRegistry
+
+    before = pint.get_application_registry().get()
+    try:
+        # the Qt thread uses pint while the warm-up thread builds: each gets a whole registry
+        pint.set_application_registry(LazyRegistry())
+        monkeypatch.setitem(_warmup._state, "units", None)
+        worker = threading.Thread(target=_warmup._build_units)
+        worker.start()
+        ours = pint.Quantity("1 pixel")  # napari's scale bar's first use, on the Qt thread
+        worker.join()
+        aside = _warmup._state["units"]
+        assert isinstance(aside, pint.UnitRegistry) and aside is not pint.get_application_registry().get()
+        assert _warmup.install_units()  # pint's own was used: it stays
+        assert pint.get_application_registry().get() is not aside
+        assert (ours * pint.Quantity("2 pixel")).to("pixel**2").magnitude == 2
+        # nobody used pint's own yet: the registry built aside is installed, and napari's units come from it
+        pint.set_application_registry(LazyRegistry())
+        assert _warmup.install_units() and pint.get_application_registry().get() is aside
+        assert pint.Quantity("1 pixel")._REGISTRY is aside
+        monkeypatch.setitem(_warmup._state, "units", None)  # not built (yet): not ready, nothing installed
+        pint.set_application_registry(LazyRegistry())
+        assert not _warmup.install_units()
+        assert type(pint.get_application_registry().get()) is LazyRegistry
+    finally:
+        pint.set_application_registry(before)
