@@ -55,10 +55,7 @@ def launch(study=None, index=None, model=None, screenshot=None, *, text_model=No
 
     if viewer is None:
         viewer = napari.Viewer(title="HLIP Explorer", show=show if show is not None else True)
-    try:
-        viewer.window._qt_window.resize(*size)
-    except AttributeError:
-        pass
+    viewer.window.resize(*size)
     widgets = dock_widgets(viewer)
     browser = widgets["Study browser"]
     if study is not None:

@@ -1,24 +1,26 @@
 """napari reader: a clinical study (DICOM folder, DICOMDIR, NIfTI, HLIP tensor folder) -> one layer per scan.
 
 ``get_reader`` only looks (names, a few 132-byte headers); it never raises and returns ``None`` for
-paths that are not studies, so napari can ask other readers. The loading itself is the engine's
-:func:`hlip_engine.load_study`; placement and contrast come from :mod:`hlip_napari._layers`.
+paths that are not this plugin's (a zarr store, a PNG). A folder is claimed whole: a folder with no study in
+it gets a plain message from this plugin rather than napari's reader chooser.
 
-File > Open and drag-and-drop load in a worker thread (a study takes seconds to decode; the viewer stays
-live, a progress bar runs) and the scans arrive when ready; ``viewer.open(path)`` from a script still
-returns the layers at once. napari asks which reader to use when two claim a path (its own reader claims
-``*.dcm`` and every folder): :func:`prefer_for_studies` records this plugin in napari's reader preferences
-for DICOM/NIfTI files and for folders, unless the user chose another reader for them; a folder this reader
-declines then goes to napari's reader dialog as before.
+``read_study`` loads the study with the engine (:func:`hlip_engine.load_study`) and returns its scans as
+layer data; napari adds them and :mod:`._show` makes the arrival one transaction (the study on screen
+closes when the new one's scans are in). A folder that cannot be read changes nothing on screen: the reason
+is shown as a notification and in the Study browser, and napari gets "handled, no layers".
+
+napari asks which reader to use when two claim a path (its own reader claims ``*.dcm`` and every folder):
+when the plugin is activated, :func:`prefer_for_studies` records this plugin in napari's reader preferences
+for DICOM/NIfTI files and folders where the user has chosen no other reader for them.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from ._layers import study_layer_data
+from ._on_screen import on_screen
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TENSOR_SUFFIXES = (".pt",)
@@ -93,6 +95,13 @@ def _claims_folder(folder: str) -> bool:
     return False
 
 
+def _other_format_folder(folder: str) -> bool:
+    """A folder that is another reader's (a zarr store), not a study folder."""
+    if folder.rstrip("/\\").lower().endswith((".zarr", ".ome.zarr", ".n5")):
+        return True
+    return any(os.path.exists(os.path.join(folder, name)) for name in (".zarray", ".zgroup", "zarr.json"))
+
+
 def _study_path(path: str) -> str:
     """What to hand the engine: a DICOMDIR or single DICOM slice stands for its folder (the whole study)."""
     p = Path(path)
@@ -112,7 +121,7 @@ def get_reader(path):
             path = path[0]
         path = os.fspath(path)
         if os.path.isdir(path):
-            return read_study if _claims_folder(path) else None
+            return None if _other_format_folder(path) else read_study
         if os.path.isfile(path):
             return read_study if _claims_file(os.path.basename(path), path) else None
         return None
@@ -138,133 +147,64 @@ def load_studies(path: str) -> list:
 
 
 def read_study(path) -> list[tuple]:
-    """Load the study at ``path`` and return napari layer data: one image layer per scan.
+    """Load the study at ``path`` and return napari layer data: one image layer per scan (the first shown).
 
     One patient on screen: a folder holding several studies gives the first (the others are named in a
-    notification), and the study already in the viewer is closed when these layers arrive. Opened from
-    napari's GUI (File > Open, drag and drop) the study loads in a worker and this returns napari's
-    "handled, no layers yet" value; the scans are added when loaded."""
+    notification). A path that holds no readable study returns napari's "handled, no layers" value after
+    saying why (a notification, and the Study browser's line): the study on screen stays."""
+    from hlip_engine import StudyLoadError
+
     if isinstance(path, (list, tuple)):
         path = path[0]
     path = os.fspath(path)
-    prefer_for_studies()
-    viewer = _gui_open_viewer()
-    if viewer is not None:
-        _open_in_worker(viewer, path)
-        return [(None,)]
-    studies = load_studies(path)
-    layers = study_layer_data(studies[0]) if studies else []
-    if not layers:
-        from hlip_engine import StudyLoadError
+    viewer = _current_viewer()
+    try:
+        if not _claims_folder(path) and os.path.isdir(path):
+            raise StudyLoadError(f"{path}: no study here (no DICOM, DICOMDIR, NIfTI or HLIP .pt files found)")
+        studies = load_studies(path)
+        studies = [s for s in studies if s.scans] + [s for s in studies if not s.scans]
+        layers = study_layer_data(studies[0]) if studies else []
+        if not layers:
+            from ._show import why_empty
 
-        reasons = "; ".join(f"{item}: {why}" for s in studies for item, why in s.skipped[:5])
-        raise StudyLoadError(f"{path}: no image scans to show ({reasons or 'nothing readable'})")
-    _one_study_in_current_viewer(studies)
+            raise StudyLoadError(f"{path}: no image scans to show ({why_empty(studies)})")
+    except Exception as e:  # noqa: BLE001 - whatever the files hold: a message, never a traceback
+        report_failure(viewer, path, e)
+        return [(None,)]
+    if viewer is not None:
+        from ._show import watch
+
+        watch(viewer)  # the arrival of these layers is one study switch
+    from ._layers import announce_study
+
+    announce_study(studies[0], others=studies[1:])
     return layers
+
+
+def report_failure(viewer, path: str, error: BaseException) -> None:
+    """Say why ``path`` did not open, in words (no traceback), leaving the study on screen as it is."""
+    from napari.utils.notifications import show_warning
+
+    text = str(error) if path in str(error) else f"Could not open {path}: {error}"
+    log.info("opening %s failed: %s", path, error)
+    if viewer is not None:
+        on_screen(viewer).fail(text)
+    shown = on_screen(viewer).study if viewer is not None else None
+    show_warning(text + ("" if shown is None else " The study on screen stays open."))
 
 
 def on_activate(context=None) -> None:
     """npe2 activation hook (the first time napari runs one of this plugin's commands)."""
     prefer_for_studies()
-    start_warming()
 
 
-def warm_napari() -> None:
-    """Pay napari's one-off costs of a first image layer before the first study arrives: the modules napari
-    imports lazily for an image layer, its controls and its vispy visual (about 0.4 s on a 2-core machine,
-    all of it on the Qt thread otherwise). pint's unit registry is not touched here: :mod:`._warmup` builds
-    it aside (pint builds its own in place, and the Qt thread would find it half-built)."""
-    try:
-        import napari._qt.layer_controls.qt_image_controls  # noqa: F401
-        import napari._vispy.layers.image  # noqa: F401
-        import napari.layers.image.image  # noqa: F401
-        import scipy.ndimage  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - an optimisation only
-        log.debug("warming napari failed: %s", e)
-
-
-_WARMING: list = []
-
-
-def start_warming() -> None:
-    """:func:`warm_napari` once, in a daemon thread (imports release the GIL often: the viewer stays live)."""
-    if _WARMING:
-        return
-    import threading
-
-    thread = threading.Thread(target=warm_napari, name="hlip-warm-napari", daemon=True)
-    _WARMING.append(thread)
-    thread.start()
-
-
-def _from_gui_open() -> bool:
-    """Whether napari's GUI open (File > Open, drag and drop: ``QtViewer._qt_open``) is calling."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "_qt_open" and "napari" in frame.f_code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _gui_open_viewer():
-    if not _from_gui_open():
-        return None
+def _current_viewer():
     try:
         import napari
 
-        return napari.current_viewer()
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _open_in_worker(viewer, path: str) -> None:
-    """Load ``path`` off the Qt thread with a progress bar, then show it (one patient on screen)."""
-    from napari.qt.threading import create_worker
-    from napari.utils import progress
-    from napari.utils.notifications import show_error
-
-    from ._layers import show_study_gradually
-
-    bar = progress(total=0, desc=f"Opening {Path(path).name}")
-    worker = create_worker(load_studies, path, _start_thread=False, _ignore_errors=True)  # errors: `failed`
-
-    def done(studies):
-        bar.close()
-        if not any(s.scans for s in studies):
-            reasons = "; ".join(f"{item}: {why}" for s in studies for item, why in s.skipped[:5])
-            show_error(f"{path}: no image scans to show ({reasons or 'nothing readable'})")
-            return
-        show_study_gradually(viewer, [s for s in studies if s.scans] + [s for s in studies if not s.scans])
-
-    def failed(exc):
-        bar.close()
-        log.info("opening %s failed: %s", path, exc)
-        show_error(str(exc) if path in str(exc) else f"Could not open {path}: {exc}")
-
-    worker.returned.connect(done)
-    worker.errored.connect(failed)
-    _WORKERS.add(worker)
-    worker.finished.connect(lambda: _WORKERS.discard(worker))
-    worker.start()
-
-
-_WORKERS: set = set()  # running open workers (kept referenced until they finish)
-
-
-def _one_study_in_current_viewer(studies) -> None:
-    """File ▸ Open adds our layers itself: make sure the viewer closes the previous study when they land,
-    and say what the loader had to do to this one."""
-    try:
-        import napari
+        from ._view import unwrap
 
         viewer = napari.current_viewer()
-    except Exception:  # noqa: BLE001 - no viewer (a script reading studies): nothing to guard
-        viewer = None
-    from ._layers import announce_study
-
-    if viewer is not None:
-        from ._reading import guard_one_study
-
-        guard_one_study(viewer)
-    announce_study(studies[0], others=studies[1:])
+        return unwrap(viewer) if viewer is not None else None
+    except Exception:  # noqa: BLE001 - no viewer (a script reading studies)
+        return None

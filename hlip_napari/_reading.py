@@ -1,8 +1,7 @@
 """Reading a study as in a PACS viewer: one patient on screen, the wheel steps slices, a drag windows.
 
-``reading(viewer)`` returns the viewer's :class:`Reading` (made once): it closes the previous study when
-another one's layers arrive, turns the PACS mouse mode on for the plugin's layers, and draws the corner
-texts a radiologist reads by (study label, "Im 15/30" with the slice position in mm, W/L, orientation
+``reading(viewer)`` returns the viewer's :class:`Reading` (made once): once the plugin's layers arrive it
+turns the PACS mouse mode on and draws the corner texts a radiologist reads by (study label, "Im 15/30" with the slice position in mm, W/L, orientation
 letters on the edges). Nothing here knows Qt widgets; napari's own overlays draw the text.
 
 Mouse in PACS mode (2-D views): wheel = next/previous slice of the shown scan, Ctrl+wheel = zoom,
@@ -11,12 +10,13 @@ own controls come back (wheel zooms, drag pans, Ctrl+wheel steps the world grid)
 """
 from __future__ import annotations
 
-import string
 import weakref
 
 import numpy as np
 
-from ._layers import KIND_KEY, close_other_studies, study_label, study_of
+from ._layers import KIND_KEY, study_label, study_of
+from ._napari_compat import wheel_slice_callbacks
+from ._view import camera, unwrap
 
 # world axis -> (letter at its low end, letter at its high end); world = (S, P, L) as in _layers
 LETTERS = {0: ("I", "S"), 1: ("A", "P"), 2: ("R", "L")}
@@ -26,8 +26,6 @@ ZOOM_STEP = 1.15  # per wheel notch with Ctrl
 NARROW_PX = 520  # a canvas narrower than this gets the small corner texts
 WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
-# the characters the canvas texts use (descriptions, numbers, units, the study line's separators)
-GLYPHS = string.ascii_letters + string.digits + string.punctuation + " ·…–°µ"
 
 _READINGS: dict[int, tuple[weakref.ref, Reading]] = {}
 
@@ -42,24 +40,6 @@ def reading(viewer) -> Reading:
     state = Reading(viewer)
     _READINGS[key] = (weakref.ref(viewer), state)
     return state
-
-
-def unwrap(viewer):
-    """The viewer itself: npe2 hands widgets a proxy of it, whose identity differs from the viewer's."""
-    seen = 0
-    while hasattr(viewer, "__wrapped__") and seen < 5:
-        viewer, seen = viewer.__wrapped__, seen + 1
-    return viewer
-
-
-def camera(viewer):
-    """The 2-D/3-D camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-
-
-def guard_one_study(viewer) -> Reading:
-    return reading(viewer)
 
 
 def edge_letters(order, orientation2d) -> dict[str, str]:
@@ -114,65 +94,53 @@ def slice_of(viewer, layer) -> tuple[int, int, float, int]:
 
 
 class Reading:
-    """One viewer's reading state: the one-study guard, the PACS mouse mode, the canvas texts."""
+    """One viewer's reading state: the PACS mouse mode and the canvas texts."""
 
     def __init__(self, viewer):
         self._viewer = weakref.ref(viewer)
         self.pacs = False
         self.compact = False  # small canvases (3-up planes): slice and window only, smaller letters
         self._saved_wheel: list = []
-        self._overlays: dict[str, object] = {}
-        self._shown_for: object = None
-        from napari.utils.events import EmitterGroup, Event
-
-        # "a study came on screen": also when its scans took over the closed study's layers (no layer is
-        # inserted or removed then), for the widgets that show the open study
-        self.events = EmitterGroup(source=self, study_shown=Event)
+        self._started = False  # the texts and the PACS mouse come with the plugin's first study
         viewer.layers.events.inserted.connect(self._inserted)
         viewer.layers.events.removed.connect(self._refresh)
         viewer.dims.events.point.connect(self._refresh)
         viewer.dims.events.order.connect(self._refresh)
+        viewer.dims.events.ndisplay.connect(self._refresh)
         if hasattr(getattr(viewer, "canvas", None), "events") and hasattr(viewer.canvas.events, "size"):
             viewer.canvas.events.size.connect(self._refresh)  # a narrow canvas: smaller, shorter texts
         camera(viewer).events.orientation.connect(self._refresh)
         viewer.layers.selection.events.active.connect(self._refresh)
-        for key, position in (("info", "top_left"), *EDGES.items()):  # made now, not while a study opens:
-            self._overlay(key, position, 10 if key == "info" else 13)  # their first draw compiles shaders
-        self._warm_glyphs()
-        from ._warmup import start
-
-        start()  # the engine's modules imported while idle, then gc.freeze(): cheap collections on removals
         if any(study_of(layer) is not None for layer in viewer.layers):
-            self.study_shown()
+            self.start()
 
     @property
     def viewer(self):
         return self._viewer()
 
-    # --- one patient on screen --------------------------------------------------------------------
     def _inserted(self, event) -> None:
         layer = event.value
-        study = study_of(layer)
-        viewer = self.viewer
-        if study is None or viewer is None:
+        if study_of(layer) is None or self.viewer is None:
             return
-        close_other_studies(viewer, study)
-        self.study_shown()
+        self.start()
         for name in ("visible", "contrast_limits"):
             if hasattr(layer.events, name):
                 getattr(layer.events, name).connect(self._refresh)
         self._refresh()
 
-    def study_shown(self) -> None:
-        """A study came on screen (its layers inserted, or the closed study's layers re-used for it)."""
+    def start(self) -> None:
+        """The plugin's first study in this viewer: corner texts, scale bar on the image, the PACS mouse
+        (switchable in the Study browser)."""
+        if self._started:
+            return
+        self._started = True
         viewer = self.viewer
-        if self._shown_for is None:  # on by default once the plugin's layers arrive; switchable after
-            self._shown_for = True
-            viewer.scale_bar.box = False  # on the image, like the corner texts (and one GL program fewer)
-            viewer.scale_bar.visible = True
-            self.set_pacs(True)
+        for key, position in (("info", "top_left"), *EDGES.items()):
+            self._overlay(key, position, 10 if key == "info" else 13)
+        viewer.scale_bar.box = False  # on the image, like the corner texts
+        viewer.scale_bar.visible = True
+        self.set_pacs(True)
         self._refresh()
-        self.events.study_shown()
 
     # --- PACS mouse mode ----------------------------------------------------------------------------
     def set_pacs(self, on: bool) -> None:
@@ -183,9 +151,7 @@ class Reading:
         camera(viewer).mouse_zoom = not on
         camera(viewer).mouse_pan = not on
         if on:
-            from napari.components._viewer_mouse_bindings import dims_scroll
-
-            self._saved_wheel = [cb for cb in viewer.mouse_wheel_callbacks if cb is dims_scroll]
+            self._saved_wheel = wheel_slice_callbacks(viewer)  # napari's Ctrl+wheel: ours zooms instead
             for cb in self._saved_wheel:
                 viewer.mouse_wheel_callbacks.remove(cb)
             viewer.mouse_wheel_callbacks.append(self._wheel)
@@ -277,46 +243,6 @@ class Reading:
         camera(viewer).center = tuple(center)
 
     # --- what the canvas says -------------------------------------------------------------------------
-    def _warm_glyphs(self, per_turn: int = 16) -> None:
-        """Have napari draw the canvas texts once while the viewer is idle, transparent, a few characters
-        per event-loop turn: each text's first draw builds its GL program, and napari renders each character
-        the first time it is shown (~5 ms apiece here); both made the first study freeze the viewer for a
-        few hundred ms as it opened. A study shown meanwhile ends the warm-up (its texts take over)."""
-        from qtpy.QtCore import QTimer
-
-        chunks = [GLYPHS[i:i + per_turn] for i in range(0, len(GLYPHS), per_turn)]
-        overlays = [self._overlay(key, position) for key, position in (("info", "top_left"), *EDGES.items())]
-        colors = [tuple(o.color) for o in overlays]
-        for o in overlays:
-            o.color = (*tuple(o.color)[:3], 0.0)
-        # the scale bar too (shown with the first study): its text's GL program took ~30 ms of that turn. Once
-        # pint's registry is ready (the warm-up thread builds it: the bar's first draw uses pint)
-        bar = self.viewer.scale_bar
-        bar_was = (bar.visible, bar.opacity, bar.box)
-        from . import _warmup
-
-        def step():
-            if self.viewer is None:
-                return
-            if not bar.visible and self._shown_for is None and _warmup.units_ready():
-                bar.box, bar.opacity, bar.visible = False, 0.0, True
-            if chunks and self._shown_for is None:
-                text = chunks.pop(0)
-                for o in overlays:
-                    o.text = text
-                QTimer.singleShot(100, step)  # a draw in between: this chunk's glyphs are rendered
-                return
-            for o, color in zip(overlays, colors):
-                o.color = color
-                if self._shown_for is None:
-                    o.text = ""
-            bar.opacity = bar_was[1]
-            if self._shown_for is None:  # no study yet: as it was (a study shown meanwhile keeps its bar)
-                bar.visible, bar.box = bar_was[0], bar_was[2]
-            self._refresh()
-
-        QTimer.singleShot(0, step)
-
     def _overlay(self, key: str, position: str, size: int = 10):
         from napari.components.overlays import TextOverlay
 
@@ -372,7 +298,7 @@ class Reading:
 
     def _refresh(self, *_args) -> None:
         viewer = self.viewer
-        if viewer is None or self._shown_for is None:
+        if viewer is None or not self._started:
             return
         texts = self.texts()
         if self.compact and "info" in texts:

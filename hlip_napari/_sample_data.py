@@ -52,5 +52,13 @@ def sample_study():
 
 
 def make_sample_study() -> list[tuple]:
-    """napari sample-data hook: the phantom MR study with a tumour, one layer per series."""
+    """napari sample-data hook: the phantom MR study with a tumour, one layer per series (its arrival one
+    study switch, as a study opened from a folder)."""
+    from ._reader import _current_viewer
+
+    viewer = _current_viewer()
+    if viewer is not None:
+        from ._show import watch
+
+        watch(viewer)
     return study_layer_data(sample_study())

@@ -30,8 +30,8 @@ def main(out: str = "docs/img/relevance_widget_demo.png") -> int:
     from hlip_engine.demo.showcase import DEMO_MODEL
     from hlip_engine.io import load_study
     from hlip_napari._launch import dock_widgets, save_screenshot
-    from hlip_napari._layers import add_studies
     from hlip_napari._session import SETTINGS
+    from hlip_napari._show import show_study as add_studies
 
     records = Path("demo-output/library/studies.json")
     if not records.is_file():
@@ -40,7 +40,7 @@ def main(out: str = "docs/img/relevance_widget_demo.png") -> int:
     target = next(r for r in json.loads(records.read_text()) if r["findings"] == ["tumour"])
     SETTINGS.update(checkpoint=str(DEMO_MODEL), text_model="", device="cpu")
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     widgets = dock_widgets(viewer, ("Study browser", "Relevance map"))
     add_studies(viewer, [load_study(target["path"])])
     rel = widgets["Relevance map"]
@@ -60,7 +60,7 @@ def main(out: str = "docs/img/relevance_widget_demo.png") -> int:
     centre = np.array(target["details"]["centre_lps"])
     print(f"peak {np.round(world, 1)} (S, P, L mm), {np.linalg.norm(np.array(world)[::-1] - centre):.1f} mm from the "
           f"lesion centre; method {rel.result.method}; {rel.status.text()}")
-    viewer.window._wrapped_dock_widgets["Relevance map (hlip-napari)"].raise_()
+    viewer.window.dock_widgets["Relevance map (hlip-napari)"].parentWidget().raise_()
     save_screenshot(viewer, out)
     viewer.close()
     return 0

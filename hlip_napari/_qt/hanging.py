@@ -16,25 +16,13 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from .._layers import (
-    KIND_KEY,
-    PLANES,
-    SCAN_KEY,
-    UNITS,
-    arriving,
-    later,
-    open_study,
-    relabel,
-    show_plane,
-    study_label,
-    study_of,
-    update_layer,
-)
-from .._reading import reading, unwrap
+from .._layers import KIND_KEY, SCAN_KEY, STUDY_KEY, UNITS, study_label, study_of
+from .._on_screen import on_screen
+from .._reading import reading
+from .._view import PLANES, show_plane, unwrap
 from .jobs import follow, follow_layer
 
 SIDE_PLANES = ("coronal", "sagittal")
-WAIT_MS = 30  # while the viewer's layers still arrive one per turn, the planes wait (hung once, at the end)
 CROSS_COLOR = "#4fc3f7"
 
 
@@ -73,8 +61,8 @@ class PlaneCanvas(QWidget):
 
     def __init__(self, title: str, parent=None):
         super().__init__(parent)
-        from napari._qt.qt_viewer import QtViewer
         from napari.components import ViewerModel
+        from napari.qt import QtViewer
 
         self.model = ViewerModel(title=title)
         self.qt_viewer = QtViewer(self.model)
@@ -86,55 +74,27 @@ class PlaneCanvas(QWidget):
         layout.addWidget(self.title)
         layout.addWidget(self.qt_viewer.canvas.native, 1)
         self.sources: list = []
+        self.key: list = []
 
-    def hanging_steps(self, layers, plane: str) -> list:
-        """Showing copies of ``layers`` hung in ``plane``, as steps to run one per event-loop turn (each copy
-        taking a layer over costs a slice and a texture: 15-20 ms here): the copies on this canvas take the
-        new layers' voxels and settings in place (napari collects garbage for every layer removed: ~0.3 s
-        here), the surplus goes in one batch, what is missing is added. The first step hides the copies still
-        showing the layers before (a closed study's overlay never lies over the next study's scan)."""
+    def hang(self, layers, plane: str) -> None:
+        """Show copies of ``layers`` (sharing their voxels) hung in ``plane``; nothing when ``layers`` is
+        empty. The copies shown before (another study's, or the previous prompt's overlay) go first."""
         self.sources = list(layers)
-        if not layers:  # no study: nothing on this canvas (the crosshair neither)
-            return [self.model.layers.clear]
-        have = [x for x in self.model.layers if x.metadata.get(KIND_KEY) in ("scan", "relevance", "spare")]
-        pairs = list(zip(have, layers))
-
-        def take_over(i):
-            copy, layer = pairs[i]
-            update_layer(copy, layer.data, {**copy_kwargs(layer), "visible": True}, regrid=True)
-            if i == 0:
-                for later_copy, _layer in pairs[1:]:
-                    later_copy.visible = False
-
-        def the_rest():
-            for extra in have[len(layers):]:
-                # kept hidden for the next layers to take over (no layer list shows on this canvas; a removal
-                # would cost napari a full garbage collection), holding no voxels and no study
-                extra.visible = False
-                extra.data = np.zeros((1, 1, 1), dtype=np.float32)
-                # one voxel inside the study's extent (set after the data: see update_layer)
-                extra.affine = np.asarray(layers[0].affine.affine_matrix)
-                extra.metadata.clear()
-                extra.metadata[KIND_KEY] = "spare"
-            for layer in layers[len(have):]:
-                copy = copy_layer(layer)
-                copy.visible = True  # the plane's own series, even when hidden in the viewer
-                self.model.add_layer(copy)
-            study = study_of(layers[0])
-            for i, x in enumerate(list(self.model.layers)):  # the crosshair: on top of the images, this study's
-                if x.metadata.get(KIND_KEY) == "crosshair":
-                    if study is not None and study_of(x) is not study:
-                        relabel(x, study)
-                    if i != len(self.model.layers) - 1:
-                        self.model.layers.move(i, len(self.model.layers))
-            state = reading(self.model)
-            state.compact = True  # the title says whose; the corner says where
-            state._refresh()
-            show_plane(self.model, plane)
-            self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study)} · "
-                               f"{layers[0].name.split(' · ', 1)[-1]}")
-
-        return [lambda i=i: take_over(i) for i in range(len(pairs))] + [the_rest]
+        self.key = [(id(x), id(x.data)) for x in layers]
+        self.model.layers.clear()
+        if not layers:
+            self.title.setText(f"<b>{plane.capitalize()}</b>")
+            return
+        for layer in layers:
+            copy = copy_layer(layer)
+            copy.visible = True  # the plane's own series, even when hidden in the viewer
+            self.model.add_layer(copy)
+        state = reading(self.model)
+        state.compact = True  # the title says whose; the corner says where
+        show_plane(self.model, plane)
+        state.start()
+        self.title.setText(f"<b>{plane.capitalize()}</b> · {study_label(study_of(layers[0]))} · "
+                           f"{layers[0].name.split(' · ', 1)[-1]}")
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         super().resizeEvent(event)
@@ -157,14 +117,19 @@ class HangingWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
+        from .._show import watch
+
         self.viewer = unwrap(napari_viewer)
+        self.screen = on_screen(self.viewer)
+        watch(self.viewer)
         self.point: np.ndarray | None = None  # the crosshair, world (S, P, L) mm
+        self.study = None  # the study the planes show (the screen's, once hung)
         self.canvases = {plane: PlaneCanvas(plane.capitalize(), self) for plane in SIDE_PLANES}
         self._syncing = False
-        self._running = self._again = self._closed = False
-        self._timer = QTimer(self)
+        self._closed = False
+        self._timer = QTimer(self)  # layer changes within one turn (a relevance result's overlays): one re-hang
         self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self._due)
+        self._timer.timeout.connect(self.rebuild)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         hint = QLabel("Click a point in any plane: the others move there. The main canvas is axial.")
@@ -172,7 +137,8 @@ class HangingWidget(QWidget):
         layout.addWidget(hint)
         for canvas in self.canvases.values():
             layout.addWidget(canvas, 1)
-        self.setMinimumWidth(360)
+        self.setMinimumWidth(300)
+        follow(self, self.screen.study_changed, self._study_changed)
         follow(self, self.viewer.layers.events.inserted, self._schedule)
         follow(self, self.viewer.layers.events.removed, self._schedule)
         follow(self, self.viewer.dims.events.point, self._scrolled)
@@ -180,7 +146,7 @@ class HangingWidget(QWidget):
         for canvas in self.canvases.values():
             canvas.model.mouse_drag_callbacks.append(self._click)
             canvas.model.dims.events.point.connect(self._scrolled)
-        self._watched: set[int] = set()
+        self._watched: weakref.WeakSet = weakref.WeakSet()
         self._contrast_followed: weakref.WeakSet = weakref.WeakSet()
         self.destroyed.connect(lambda *_: self._detach())
         self.rebuild()
@@ -190,104 +156,57 @@ class HangingWidget(QWidget):
         return {"axial": self.viewer, **{p: c.model for p, c in self.canvases.items()}}
 
     def _detach(self) -> None:
-        self._closed = True  # a step still on its way (a timer) does nothing on a closed widget
+        self._closed = True
+        self._timer.stop()
         try:
             self.viewer.mouse_drag_callbacks.remove(self._click)
         except ValueError:
             pass
 
-    @property
-    def _pending(self) -> bool:
-        """A hanging is due or under way (the planes do not show the viewer's layers yet)."""
-        return self._timer.isActive() or self._running
-
-    def _schedule(self, event=None) -> None:
-        value = getattr(event, "value", None)  # a layer (inserted, removed), or a layer's new data
-        if value is not None and getattr(value, "metadata", {}).get(KIND_KEY) == "crosshair":
-            return
-        if self._running:  # a hanging under way: hang again once it is done (it planned from the old layers)
-            self._again = True
-            return
-        self._timer.start(WAIT_MS if arriving(self.viewer) else 0)
-
-    def _due(self) -> None:
-        if arriving(self.viewer):  # the next study's scans still coming in: hang them all at once, after
-            self._timer.start(WAIT_MS)
-            return
+    def _study_changed(self, _study=None) -> None:
+        self._timer.stop()
         self.rebuild()
 
-    def rebuild(self) -> None:
-        """Hang the open study: axial in the viewer, coronal and sagittal here, the crosshair at its centre.
-
-        One step per event-loop turn (each plane, then the crosshair in each): a plane taking the next study
-        costs its canvas a repaint of tens of ms here, and all in one turn froze the viewer for 200-300 ms.
-        ``_pending`` is true until the last step."""
-        self._timer.stop()
-        self._running, self._again = True, False
-        study = open_study(self.viewer)
-        layers = [layer for layer in self.viewer.layers if study_of(layer) is study
-                  and layer.metadata.get(KIND_KEY) in ("scan", "relevance")] if study is not None else []
-        if study is not None and not layers:
-            self._finish()
-            return  # a study on its way in (its scans not there yet): it is hung when they are
-        steps = []
-        for plane, canvas in self.canvases.items():
-            chosen = plane_layers(layers, plane)
-            # the same layers with the same voxels: nothing to re-hang (a layer given new data in place,
-            # e.g. a relevance overlay of the next prompt, is hung again)
-            key = [(id(x), id(x.data)) for x in chosen]
-            if key != getattr(canvas, "_key", None):
-                steps.append(lambda canvas=canvas, chosen=chosen, plane=plane, key=key:
-                             self._hang(canvas, chosen, plane, key, steps))
-        for layer in layers:  # showing another series in the viewer re-hangs the planes
-            if id(layer) not in self._watched:
-                self._watched.add(id(layer))
-                follow(self, layer.events.visible, self._schedule)
-                follow(self, layer.events.data, self._schedule)
-        if layers:
-            steps.append(lambda: self._place(study, steps))
-        self._run(steps)
-
-    def _run(self, steps) -> None:
-        if self._closed or not steps:
-            self._finish()
+    def _schedule(self, event=None) -> None:
+        """A layer came, went, or was shown/hidden outside a study switch: re-hang once this turn is over."""
+        value = getattr(event, "value", None)
+        if value is not None and getattr(value, "metadata", {}).get(KIND_KEY) == "crosshair":
             return
-        steps.pop(0)()
-        later(lambda: self._run(steps))
+        if self.screen.switching or self._closed:
+            return  # the switch ends with study_changed, which re-hangs
+        self._timer.start(0)
 
-    def _finish(self) -> None:
-        self._running = False
-        if self._again and not self._closed:
-            self._schedule()
-
-    def _hang(self, canvas, chosen, plane: str, key, steps: list) -> None:
-        """Hang ``chosen`` on ``canvas``: its first step now, the others first among ``steps`` (one per turn)."""
-        canvas._key = key
-
-        def syncing(step):
-            def run():
-                self._syncing = True  # clearing the canvas moves its sliders: not a scroll to follow
-                try:
-                    step()
-                finally:
-                    self._syncing = False
-            return run
-
-        first, *rest = [syncing(step) for step in canvas.hanging_steps(chosen, plane)]
-        steps[0:0] = rest
-        first()
-        for source in chosen:
-            self._follow_contrast(source)
-
-    def _place(self, study, steps: list) -> None:
-        """The viewer in the axial plane; a study hung anew gets the crosshair at its centre, one plane per
-        turn (the steps after this one)."""
+    def rebuild(self) -> None:
+        """Hang the study on screen: axial in the viewer, coronal and sagittal here, the crosshair at its
+        centre when the study is new to the planes."""
+        if self._closed:
+            return
+        study = self.screen.study
+        layers = [layer for layer in self.viewer.layers if study is not None and study_of(layer) is study
+                  and layer.metadata.get(KIND_KEY) in ("scan", "relevance")]
+        self._syncing = True  # hanging moves the planes' sliders: not a scroll to follow
+        try:
+            for plane, canvas in self.canvases.items():
+                chosen = plane_layers(layers, plane)
+                if [(id(x), id(x.data)) for x in chosen] != canvas.key or canvas.qt_viewer is None:
+                    canvas.hang(chosen, plane)
+                for source in chosen:
+                    self._follow_contrast(source)
+        finally:
+            self._syncing = False
+        for layer in layers:  # showing another series in the viewer re-hangs the planes
+            if layer not in self._watched:
+                self._watched.add(layer)
+                follow_layer(self, weakref.WeakSet(), layer, "visible", lambda _x: self._schedule())
+        if not layers:
+            self.study, self.point = None, None
+            return
         if tuple(self.viewer.dims.order) != PLANES["axial"][0]:
             show_plane(self.viewer, "axial")
-        if self.point is None or study is not getattr(self, "_study", None):
-            self._study = study
+        if self.point is None or study is not self.study:
+            self.study = study
             self._aim(np.asarray(self.viewer.dims.point, dtype=float))
-            steps.extend(lambda viewer=viewer: self._move(viewer) for viewer in self.viewers().values())
+        self.set_point(self.point)
 
     def _follow_contrast(self, source) -> None:
         """Window/level changed on a layer in the viewer: its copies in the planes follow. One connection per
@@ -316,7 +235,7 @@ class HangingWidget(QWidget):
 
     def _scrolled(self, event=None) -> None:
         """A plane scrolled (wheel, slider): its slice position moves the line the others show."""
-        if self._syncing or self.point is None:
+        if self._syncing or self.point is None or self.screen.switching or self.study is not self.screen.study:
             return
         for viewer in self.viewers().values():
             if viewer.dims.ndim == 3:
@@ -337,7 +256,7 @@ class HangingWidget(QWidget):
     def _aim(self, point) -> None:
         """The crosshair's point: ``point``, or the nearest point of the study for a click beside it."""
         point = np.asarray(point, dtype=float)[-3:]
-        scans = [x for x in self.viewer.layers if x.metadata.get(KIND_KEY) == "scan"]
+        scans = [x for x in self.viewer.layers if x.metadata.get(KIND_KEY) == "scan" and study_of(x) is self.study]
         if scans:
             lo = np.min([np.asarray(x.extent.world)[0, -3:] for x in scans], axis=0)
             hi = np.max([np.asarray(x.extent.world)[1, -3:] for x in scans], axis=0)
@@ -346,7 +265,7 @@ class HangingWidget(QWidget):
 
     def _move(self, viewer) -> None:
         """One plane to the crosshair's point, with the crosshair drawn on it."""
-        if self.point is None or viewer.dims.ndim != 3:
+        if self.point is None or viewer.dims.ndim != 3 or not len(viewer.layers):
             return
         self._syncing = True
         try:
@@ -373,20 +292,16 @@ class HangingWidget(QWidget):
             lines.append(np.stack([a, b]))
         if layer is None:
             active = viewer.layers.selection.active
-            study = study_of(active) if active is not None else None
+            study = self.study
             metadata = {KIND_KEY: "crosshair"}
-            if study is None:
-                study = next((study_of(x) for x in viewer.layers if study_of(x) is not None), None)
             if study is not None:
-                from .._layers import STUDY_KEY
-
                 metadata.update({STUDY_KEY: study, "study_uid": study.uid, "series_uid": "",
                                  "study_label": study_label(study)})
             name = f"{study_label(study)} · crosshair" if study is not None else "crosshair"
             width = float(np.max(extent[1] - extent[0])) / 400  # a thin line whatever the field of view
             layer = viewer.add_shapes(lines, shape_type="line", edge_color=CROSS_COLOR, edge_width=width,
                                       opacity=0.8, name=name, metadata=metadata, units=UNITS)
-            if active is not None:
+            if active is not None and active in viewer.layers:
                 viewer.layers.selection.active = active
         else:
             layer.data = lines

@@ -7,14 +7,12 @@ and carry its reason and advice.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
 from hlip_engine.remote import EngineError
 from hlip_engine.study import StudyLoadError
 
-SWITCH_INTERVAL = 0.001  # s
 # what went wrong with a server, by EngineError.kind: named first in its notification
 SERVER_PROBLEMS = {"auth": "auth", "too_large": "too large for the server", "busy": "server busy",
                    "down": "server down", "not_found": "not on the server", "bad_request": "refused by the server",
@@ -99,8 +97,11 @@ class Job:
 
     def start(self, func: Callable[..., Generator[str, None, Any]], *args, steps: int,
               on_done: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
-              progress: bool = True, **kwargs) -> Any:
+              progress: bool = True, screen=None, **kwargs) -> Any:
         """Run ``func(*args, **kwargs)`` (a generator of progress messages) in a thread worker.
+
+        ``screen`` (the viewer's :class:`~hlip_napari._on_screen.OnScreen`): the job is for the study on
+        screen now; ``on_done`` / ``on_error`` are not called once another study is shown.
 
         ``progress=False`` skips the activity-panel bar: for jobs of milliseconds (a search once the model
         and index are loaded) its widgets would cost more than the job.
@@ -109,11 +110,10 @@ class Job:
 
         if self.worker is not None:
             self._stop()  # a new request replaces the running one (not a cancel: no "cancelled")
-        # While a worker runs pure-Python model code it holds the GIL, and every Python call the Qt thread
-        # makes waits up to one switch interval (5 ms by default) for it: a dock repaint of a few hundred
-        # such calls then stalls the viewer for half a second. A shorter interval keeps the GUI fluid.
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
+        if screen is not None:  # work for the study on screen: its result is dropped once another is shown
+            ticket = screen.ticket()
+            on_done = _if_current(screen, ticket, on_done)
+            on_error = _if_current(screen, ticket, on_error) if on_error is not None else None
         worker = create_worker(func, *args, _start_thread=False,
                                _connect={"errored": lambda exc: self._errored(exc, on_error)}, **kwargs)
         if progress:
@@ -138,6 +138,10 @@ class Job:
         if self._stop():
             for listener in self._cancel_listeners:
                 listener()
+
+    def stop(self) -> None:
+        """Stop the running worker, if any, without a word (the study it worked for left the screen)."""
+        self._stop()
 
     def _stop(self) -> bool:
         """Stop the running worker (if any) and drop its result; True when one was running."""
@@ -181,6 +185,20 @@ class Job:
     def _errored(self, exc: BaseException, on_error) -> None:
         from napari.utils.notifications import show_error
 
+        if getattr(on_error, "stale", lambda: False)():
+            return  # for a study no longer on screen: nothing to say about it
         show_error(message(self.title, exc))
         if on_error is not None:
             on_error(exc)
+
+
+def _if_current(screen, ticket, callback):
+    """``callback`` called only while the study ``ticket`` was taken for is still on screen."""
+
+    def call(*args):
+        if screen.is_current(ticket):
+            return callback(*args)
+        return None
+
+    call.stale = lambda: not screen.is_current(ticket)
+    return call

@@ -81,6 +81,12 @@ class BarChart(QLabel):
         """The width (px) a worker should render for this dock."""
         return max(self.width(), self.parentWidget().width() - 24 if self.parentWidget() else 0, 300)
 
+    def clear_bars(self) -> None:
+        """Nothing shown (the study the chart was for left the screen)."""
+        self.labels, self.values = [], []
+        self.clear()
+        self.setFixedHeight(0)
+
     def show_bars(self, bars: Bars) -> None:
         self.labels, self.values = list(bars.labels), list(bars.values)
         img = np.ascontiguousarray(bars.image)

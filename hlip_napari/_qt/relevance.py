@@ -27,15 +27,14 @@ from .. import _engine
 from .._layers import (
     SCAN_KEY,
     STUDY_KEY,
-    go_to,
-    open_study_or_warn,
     relevance_colormap,
     relevance_layer_data,
-    scan_layers,
     scan_name,
     study_label,
 )
-from .jobs import Job, follow_layer
+from .._on_screen import on_screen
+from .._view import go_to, open_study_or_warn, scan_layers, unwrap
+from .jobs import Job, follow, follow_layer
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
 
@@ -67,7 +66,8 @@ class RelevanceWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
+        self.screen = on_screen(self.viewer)
         self.result = None
         self.study = None
         self.layers: list = []
@@ -129,6 +129,18 @@ class RelevanceWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(QLabel("Scan importance (share of relevance)"))
         layout.addWidget(self.chart, 1)
+        follow(self, self.screen.study_changed, self.study_changed)
+        self.study_changed(self.screen.study)
+
+    def study_changed(self, study) -> None:
+        """Another study on screen: this widget's result was for the one before (its overlays left with it),
+        so it goes, and the peak button waits for a result of this study."""
+        self.job.stop()
+        self.result, self.study, self.layers = None, None, []
+        self.jump_button.setEnabled(False)
+        self.chart.clear_bars()
+        self.status.setText(f"Open study: {study_label(study)} · {study.description or study.uid}." if study
+                            is not None else "No study open.")
 
     # --- running ---------------------------------------------------------------------------------
     def run(self):
@@ -146,51 +158,38 @@ class RelevanceWidget(QWidget):
         return self.job.start(relevance_job, self.model_box.settings(), study, prompt,
                               [template] if template else None, self.chart.render_width(),
                               None if self.method.currentText() == MODEL_DEFAULT else self.method.currentText(),
-                              self.model_box.engine_settings(), steps=3,
+                              self.model_box.engine_settings(), steps=3, screen=self.screen,
                               on_done=lambda r: self.show_result(study, *r),
                               on_error=lambda _e: self.status.setText("Relevance failed (see the notification)."))
 
     # --- showing -----------------------------------------------------------------------------------
     def show_result(self, study, rel, volumes, bars) -> None:
         """One overlay per scan (normalised to the study's maximum), the importance chart, the jump button.
-
-        The overlays arrive one per event-loop turn (:func:`add_gradually`): inserted together they froze
-        the viewer for most of a second. ``result`` is set once they are all in."""
-        from .._layers import add_gradually
-
-        old = [layer for layer in self.layers if layer in self.viewer.layers]  # the previous prompt's overlays
-        self.result, self.study, self.layers, self._pending = None, study, [], True
+        A result for a study no longer on screen is dropped."""
+        if study is not self.screen.study:
+            return
+        for layer in [x for x in self.layers if x in self.viewer.layers]:  # the previous prompt's overlays
+            self.viewer.layers.remove(layer)
+        self.result, self.study, self.layers = None, study, []
         base = {layer.metadata[SCAN_KEY]: layer for layer in scan_layers(self.viewer, study)}
-        tuples = []
+        added = []
         for k, volume in zip(rel.volume_scans or [], volumes):
             data, kwargs, _kind = relevance_layer_data(study, k, volume, rel.prompt,
                                                        threshold=self.threshold.value() / 100,
                                                        opacity=self.opacity.value() / 100)
             kwargs["visible"] = base[k].visible if k in base else True
-            tuples.append((data, kwargs, "image"))
+            added.append(self.viewer.add_image(data, **kwargs))
         self.chart.show_bars(bars)
-        # the previous prompt's overlay of the same scan takes the new map in place (no layer removed and
-        # added: each removal costs napari a full garbage collection); the others go, new ones are added
-        reusable = {layer.metadata.get(SCAN_KEY): layer for layer in old
-                    if layer.metadata.get(STUDY_KEY) is study}
-        update = [(reusable.pop(t[1]["metadata"][SCAN_KEY]), t) for t in tuples
-                  if t[1]["metadata"][SCAN_KEY] in reusable]
-        tuples = [t for t in tuples if all(t is not u for _l, u in update)]
-        old = list(reusable.values())
-
-        def done(added):
-            for scan_layer in base.values():  # an overlay follows its scan's show/hide
-                self._follow(scan_layer)
-            self.layers = added
-            self.restyle()
-            self.jump_button.setEnabled(bool(added))
-            self.status.setText(f"{study_label(study)} · “{rel.prompt}” ({rel.method}): logit {rel.logit:.2f}. "
-                                "Overlays are relative to this study's maximum; research use only.")
-            if added:
-                self.viewer.layers.selection.active = added[0]
-            self.result, self._pending = rel, False
-
-        add_gradually(self.viewer, tuples, done, remove=old, update=update)
+        for scan_layer in base.values():  # an overlay follows its scan's show/hide
+            self._follow(scan_layer)
+        self.layers = added
+        self.restyle()
+        self.jump_button.setEnabled(bool(added))
+        self.status.setText(f"{study_label(study)} · “{rel.prompt}” ({rel.method}): logit {rel.logit:.2f}. "
+                            "Overlays are relative to this study's maximum; research use only.")
+        if added:
+            self.viewer.layers.selection.active = added[0]
+        self.result = rel
 
     def _follow(self, scan_layer) -> None:
         """Show or hide this widget's overlay of ``scan_layer``'s scan with it (one connection per layer, held
@@ -227,8 +226,9 @@ class RelevanceWidget(QWidget):
 
     def go_to_peak(self) -> None:
         """Show the most important scan in its own plane, at its most relevant slice."""
-        found = self.peak()
+        found = self.peak() if self.study is not None and self.study is self.screen.study else None
         if found is None:
+            self.jump_button.setEnabled(False)
             return
         k, world = found
         for layer in scan_layers(self.viewer, self.study):

@@ -32,8 +32,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _engine
-from .._layers import open_study_or_warn
 from .._session import ENGINE, SETTINGS
+from .._view import open_study_or_warn, unwrap
 from .jobs import Job, follow
 from .model_panel import ModelBox
 
@@ -374,7 +374,16 @@ class SearchWidget(QWidget):
                                                                        "notification)."))
 
     def _opened(self, studies, path: str) -> None:
-        from .._layers import show_study_gradually
+        """Show the hit's study (closing the one on screen), or say why not, leaving it on screen."""
+        from hlip_engine.study import StudyLoadError
 
-        # closes the study on screen (one patient at a time), then adds the scans without freezing the viewer
-        show_study_gradually(self.viewer, studies, lambda _added: self.status.setText(f"Opened {path}"))
+        from .._on_screen import on_screen
+        from .._show import show_study
+
+        try:
+            show_study(self.viewer, studies)
+        except StudyLoadError as e:
+            on_screen(unwrap(self.viewer)).fail(f"Could not open {path}: {e}")
+            self.status.setText(f"Could not open {path}: {e}")
+            return
+        self.status.setText(f"Opened {path}")

@@ -27,23 +27,20 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import (
-    PLANES,
     SCAN_KEY,
     STUDY_KEY,
     WINDOW_KEY,
-    add_studies,
-    arriving,
     auto_limits,
     contrast_text,
-    open_study,
-    scan_layers,
     scan_warnings,
-    show_plane,
     study_header,
     window_limits,
     window_presets,
 )
+from .._on_screen import on_screen
 from .._reading import reading
+from .._show import show_study, watch
+from .._view import PLANES, add_ruler, open_study, scan_layers, show_plane, unwrap
 from .jobs import Job, follow
 
 THUMB = 56  # px
@@ -90,7 +87,9 @@ class StudyBrowser(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
+        self.screen = on_screen(self.viewer)
+        watch(self.viewer)
         self.study = None
         self._layers: list = []
         self._updating = False
@@ -194,12 +193,11 @@ class StudyBrowser(QWidget):
         layout.addLayout(plane_row)
         layout.addWidget(skipped_box, 1)
 
-        events = self.viewer.layers.events
-        follow(self, events.inserted, self._schedule_refresh)
-        follow(self, events.removed, self._schedule_refresh)
+        # the table renders the study on screen; a layer removed by hand (a scan closed) updates it too
+        follow(self, self.screen.study_changed, self._schedule_refresh)
+        follow(self, self.screen.failed, self._opening_stopped)
+        follow(self, self.viewer.layers.events.removed, self._schedule_refresh)
         follow(self, self.viewer.layers.selection.events.active, self._schedule_refresh)
-        # one study on screen, PACS mouse, canvas texts: for File ▸ Open too; a study shown in re-used layers
-        follow(self, reading(self.viewer).events.study_shown, self._schedule_refresh)
         self.refresh()
 
     # --- opening -------------------------------------------------------------------------------
@@ -217,36 +215,42 @@ class StudyBrowser(QWidget):
     def open_path(self, path: str):
         """Load the study at ``path`` in a worker, then add its scans as layers."""
         self.title.setText(f"Opening {path} …")
-        return self.job.start(load_study_job, str(path), steps=1, on_done=self._loaded,
-                              on_error=lambda e: self._opening_stopped(f"Could not open {path}: {e}"))
+        return self.job.start(load_study_job, str(path), steps=1, on_done=lambda s: self._loaded(s, path),
+                              on_error=lambda e: self.screen.fail(f"Could not open {path}: {e}"))
 
     def _opening_stopped(self, why: str = "Opening cancelled.") -> None:
         """Say why nothing new opened, above the study still shown (if any)."""
-        self._fill(self.study, self._layers) if self.study is not None else self.refresh()
+        self.refresh()
+        if self.study is not None:
+            self._show_header(self.study)
         shown = self.title.text() if self.study is not None else ""
         self.title.setText(f"<span style='color:#f0b040'>{why}</span>" + (f"<br>{shown}" if shown else ""))
 
-    def _loaded(self, studies) -> None:
-        """A worker loaded ``studies``: show them without freezing the viewer (layers one per turn)."""
-        from .._layers import show_study_gradually
+    def _loaded(self, studies, path: str = "") -> None:
+        """A worker loaded ``studies``: show them (or say why not, leaving the study on screen)."""
+        from hlip_engine.study import StudyLoadError
 
-        studies = list(studies)
-        if self.compare.isChecked() and self.study is not None and studies and studies[0] is not self.study:
+        try:
             self.add_studies(studies)
-            return
-        show_study_gradually(self.viewer, studies, lambda _added: self.refresh())
+        except StudyLoadError as e:
+            self.screen.fail(str(e) if path and path in str(e) else f"Could not open {path}: {e}")
 
     def add_studies(self, studies) -> list:
         """Show the study (first scan shown, the others ticked off), closing the one on screen; in compare
         mode it opens beside the open study instead. Returns the layers added to the viewer."""
         studies = list(studies)
         if self.compare.isChecked() and self.study is not None and studies and studies[0] is not self.study:
+            if not any(s.scans for s in studies):
+                from hlip_engine.study import StudyLoadError
+
+                from .._show import why_empty
+
+                raise StudyLoadError(f"no image scans to show ({why_empty(studies)})")
             self.compare_widget().show_study(studies[0])
+            self.screen.set_prior(studies[0])
             self.refresh()
             return []
-        added = add_studies(self.viewer, studies)
-        self.refresh()
-        return added
+        return show_study(self.viewer, studies)
 
     def _set_busy(self, busy: bool) -> None:
         self.open_button.setEnabled(not busy)
@@ -254,8 +258,8 @@ class StudyBrowser(QWidget):
 
     # --- mirroring the viewer ------------------------------------------------------------------
     def _schedule_refresh(self, *_args) -> None:
-        # a study arriving layer by layer: once, when the last is in (the study-shown event), not per layer
-        if not self._updating and not arriving(self.viewer):
+        # during a study switch the layers come and go: the table renders once, on study_changed
+        if not self._updating and not self.screen.switching:
             self.refresh()
 
     def refresh(self) -> None:
@@ -351,6 +355,7 @@ class StudyBrowser(QWidget):
             if widget.canvas.qt_viewer is not None:
                 widget.canvas.model.layers.clear()
             widget.parentWidget().hide()
+            self.screen.set_prior(None)
 
     def compare_widget(self):
         """The compare canvas, docked beside the viewer (once)."""
@@ -381,8 +386,6 @@ class StudyBrowser(QWidget):
 
     def add_ruler(self):
         """A ruler layer for the open study: draw lines, each labelled with its length in mm."""
-        from .._layers import add_ruler
-
         return add_ruler(self.viewer, open_study(self.viewer))
 
     def _show_window_of(self, layer) -> None:

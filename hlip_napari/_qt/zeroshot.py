@@ -25,9 +25,11 @@ from qtpy.QtWidgets import (
 from hlip_engine.zeroshot import prompt_set_names, resolve_prompt_set
 
 from .. import _engine
-from .._layers import open_study_or_warn, study_label
+from .._layers import study_label
+from .._on_screen import on_screen
 from .._prompts import default_prompt_set
-from .jobs import Job
+from .._view import open_study_or_warn, unwrap
+from .jobs import Job, follow
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
 
@@ -118,7 +120,8 @@ class ZeroShotWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
+        self.screen = on_screen(self.viewer)
         self.results: dict[str, float] = {}
         self.job = Job("Zero-shot")
         self.model_box = ModelBox()
@@ -174,6 +177,19 @@ class ZeroShotWidget(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.chart, 1)
         self.use_prompt_set(MODEL_DEFAULT)
+        follow(self, self.screen.study_changed, self.study_changed)
+        self.study_changed(self.screen.study)
+
+    def study_changed(self, study) -> None:
+        """Another study on screen: the results shown were for the one before, so they go (a job running
+        for it is stopped; its result would be dropped anyway)."""
+        self.job.stop()
+        self.results, self._study = {}, None
+        self.table.setRowCount(0)
+        self.chart.clear_bars()
+        self.for_study.setText("")
+        self.status.setText(f"Open study: {study_label(study)} · {study.description or study.uid}. "
+                            "Press Classify." if study is not None else "No study open.")
 
     def use_prompt_set(self, name: str) -> None:
         if name == FREE:
@@ -209,7 +225,7 @@ class ZeroShotWidget(QWidget):
         self.for_study.setText("")
         return self.job.start(zeroshot_job, self.model_box.settings(), study, prompts, templates, mode,
                               self.chart.render_width(), self.model_box.engine_settings(), steps=3,
-                              on_done=lambda r: self.show_results(*r),
+                              screen=self.screen, on_done=lambda r: self.show_results(*r),
                               on_error=lambda _e: self.status.setText("Zero-shot failed (see the notification)."))
 
     def show_results(self, probs: dict[str, float], bars, used: dict | None = None) -> None:

@@ -94,3 +94,23 @@ def use_model(checkpoint) -> None:
     from hlip_napari._session import SETTINGS
 
     SETTINGS.update(checkpoint=str(checkpoint), text_model="", device="cpu")
+
+
+def main_window(viewer):
+    """napari's main window, by the public route (its menu bar's window)."""
+    return viewer.window.main_menu.window()
+
+
+def canvas_widget(viewer):
+    """The Qt widget the viewer's canvas draws into (vispy's), found through Qt, for real mouse events."""
+    from qtpy.QtWidgets import QWidget
+
+    found = [w for w in main_window(viewer).findChildren(QWidget) if type(w).__name__ == "CanvasBackendDesktop"]
+    assert found, "no vispy canvas in the napari window"
+    return found[0]
+
+
+def raise_dock(viewer, name: str) -> None:
+    """Bring a docked widget's tab to the front (``name`` as napari lists it, e.g. 'Search studies')."""
+    key = next(k for k in viewer.window.dock_widgets if k == name or k.startswith(f"{name} ("))
+    viewer.window.dock_widgets[key].parentWidget().raise_()

@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from napari_helpers import axial_scan, head_volume, tiny_study, use_model
+from napari_helpers import axial_scan, head_volume, raise_dock, tiny_study, use_model
 
 from hlip_engine.demo.quality import FINDING_PROMPTS, TEMPLATES
 from hlip_engine.model.factory import get_config
 from hlip_engine.study import Study
 from hlip_napari._launch import dock_widgets
-from hlip_napari._layers import add_studies
 from hlip_napari._prompts import default_prompt_set
+from hlip_napari._show import show_study as add_studies
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "hlip_engine" / "weights" / "hlip_demo.safetensors"
 
@@ -43,7 +43,7 @@ def test_the_demo_model_classifies_with_its_own_findings_and_names_the_study(mak
     assert DEMO_WEIGHTS.is_file()
     use_model(DEMO_WEIGHTS)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     widgets = dock_widgets(viewer, ("Study browser", "Zero-shot prompts"))
     zs = widgets["Zero-shot prompts"]
     assert zs.prompt_set.currentText() == "Model's default"
@@ -56,5 +56,5 @@ def test_the_demo_model_classifies_with_its_own_findings_and_names_the_study(mak
     assert np.isclose(sum(zs.results.values()), 1.0, atol=1e-5)
     assert "Results for 2024-01-04 MR" in zs.for_study.text() and "hlip-demo-5" in zs.for_study.text()
     assert zs.prompts.toPlainText().splitlines()[0].startswith("normal:")  # what ran is shown, editable
-    viewer.window._wrapped_dock_widgets["Zero-shot prompts (hlip-napari)"].raise_()
+    raise_dock(viewer, "Zero-shot prompts")
     save_screenshot(viewer, screenshot_dir / "zeroshot_demo_default.png")

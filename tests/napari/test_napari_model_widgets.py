@@ -7,17 +7,18 @@ import time
 import numpy as np
 import pytest
 import torch
-from napari_helpers import assert_not_blank, tiny_study, use_model, write_two_plane_study
+from napari_helpers import assert_not_blank, raise_dock, tiny_study, use_model, write_two_plane_study
 from qtpy.QtCore import Qt, QTimer
 
 from hlip_napari._launch import dock_widgets, save_screenshot
-from hlip_napari._layers import add_studies, scan_layers
+from hlip_napari._show import show_study as add_studies
+from hlip_napari._view import scan_layers
 
 QUERY = "left frontal glioma with surrounding oedema"
 
 
 def _grab(viewer, widget_name, path):
-    viewer.window._wrapped_dock_widgets[f"{widget_name} (hlip-napari)"].raise_()
+    raise_dock(viewer, widget_name)
     save_screenshot(viewer, path)
     from imageio.v3 import imread
 
@@ -31,7 +32,7 @@ def test_zeroshot_widget_matches_the_engine(tiny_checkpoint, tiny_model, make_na
 
     use_model(tiny_checkpoint)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     widgets = dock_widgets(viewer, ("Study browser", "Zero-shot prompts"))
     study = tiny_study()
     add_studies(viewer, [study])
@@ -116,7 +117,7 @@ def test_relevance_widget_overlays_each_scan_and_jumps_to_the_peak(tiny_checkpoi
                                                                    screenshot_dir):
     use_model(tiny_checkpoint)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     widgets = dock_widgets(viewer, ("Study browser", "Relevance map"))
     study = tiny_study()
     add_studies(viewer, [study])
@@ -151,13 +152,13 @@ def test_relevance_widget_overlays_each_scan_and_jumps_to_the_peak(tiny_checkpoi
     assert tuple(viewer.dims.order) == ((0, 1, 2) if study.scans[k].orientation == "axial" else (2, 0, 1))
     _grab(viewer, "Relevance map", screenshot_dir / "relevance.png")
 
-    # a second prompt: the same overlay layers take the new maps in place (no layer removed or added)
+    # a second prompt: its overlays replace the first prompt's (no overlay of the first prompt is left)
     first = [np.array(o.data) for o in overlays]
     rw.prompt.setText("infarct")
     qtbot.keyClick(rw.prompt, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: rw.result is not None and rw.result.prompt == "infarct", timeout=120_000)
     again = scan_layers(viewer, study, kind="relevance")
-    assert [id(o) for o in again] == [id(o) for o in overlays] and len(viewer.layers) == 4
+    assert len(again) == 2 and not any(o in viewer.layers for o in overlays) and len(viewer.layers) == 4
     assert all("infarct" in o.name and o.metadata["prompt"] == "infarct" for o in again)
     assert any(not np.array_equal(np.asarray(o.data), f) for o, f in zip(again, first))
     assert max(float(o.data.max()) for o in again) == pytest.approx(1.0)  # the new maps, normalised
@@ -209,7 +210,7 @@ def test_search_widget_ranks_opens_and_finds_similar(library, tiny_checkpoint, m
     index_path, studies = library
     use_model(tiny_checkpoint)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     sw = dock_widgets(viewer, ("Search studies",))["Search studies"]
     sw.set_index(str(index_path))
     sw.query.setText(QUERY)

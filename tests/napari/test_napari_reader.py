@@ -21,9 +21,14 @@ def test_get_reader_claims_studies_and_declines_the_rest(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.bin").write_bytes(b"\0" * 300)
-    for path in (tmp_path / "notes.txt", tmp_path / "empty", tmp_path / "junk", tmp_path / "missing",
-                 [str(tmp_path / "junk"), str(folder)]):
+    for path in (tmp_path / "notes.txt", tmp_path / "missing", [str(tmp_path / "junk"), str(folder)]):
         assert get_reader(str(path) if not isinstance(path, list) else path) is None
+    # a folder is claimed whole (napari's reader chooser never shows for a folder): one without a study
+    # gets the plugin's plain message and napari's "handled, no layers"
+    for path in (tmp_path / "empty", tmp_path / "junk"):
+        assert get_reader(str(path))(str(path)) == [(None,)]
+    (tmp_path / "store.zarr").mkdir()
+    assert get_reader(str(tmp_path / "store.zarr")) is None  # another reader's folder
     assert get_reader(12345) is None  # never raises, whatever napari passes
 
 
@@ -133,13 +138,15 @@ def test_layer_view_aligns_every_orthogonal_orientation_with_the_world_axes():
                 np.testing.assert_allclose((layer_affine @ np.array([*idx, 1.0]))[:3], scan.world(src)[::-1])
 
 
-def test_file_open_prefers_this_reader_and_loads_off_the_qt_thread(tmp_path, make_napari_viewer, qtbot):
-    """File > Open / drag and drop (napari's QtViewer._qt_open): no reader dialog for a DICOM folder, the
-    call returns before the study is decoded, the scans arrive from a worker; a user's own choice is kept."""
+def test_file_open_prefers_this_reader_and_a_bad_folder_changes_nothing(tmp_path, make_napari_viewer, qtbot):
+    """File > Open / drag and drop open with napari's preferred reader: no reader dialog for a DICOM folder
+    (this plugin is preferred for folders), a user's own choice is kept; a folder that cannot be read says
+    so and leaves the study on screen."""
     from napari.plugins.utils import get_preferred_reader
     from napari.settings import get_settings
     from napari.utils.notifications import notification_manager
 
+    from hlip_napari._on_screen import on_screen
     from hlip_napari._reader import READER_PATTERNS, prefer_for_studies
 
     viewer = make_napari_viewer()
@@ -153,10 +160,11 @@ def test_file_open_prefers_this_reader_and_loads_off_the_qt_thread(tmp_path, mak
     assert get_preferred_reader(str(tmp_path / "scan.nii.gz")) == "hlip-napari"
     assert prefer_for_studies() == []  # idempotent
 
-    viewer.window._qt_viewer._qt_open([str(folder)], stack=False)
-    assert len(viewer.layers) == 0  # returned before the study was decoded: the viewer stays live
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=30000)
+    viewer.open(str(folder))  # the preferred reader, as File > Open picks it
+    assert len(viewer.layers) == 2
     assert {layer.metadata["orientation"] for layer in viewer.layers} == {"axial", "sagittal"}
+    study = on_screen(viewer).study
+    assert study is not None and study.uid == viewer.layers[0].metadata["study_uid"]
 
     # a folder this reader claims but cannot load: a notification naming it, no layers, no dialog
     bad = tmp_path / "bad"
@@ -164,9 +172,10 @@ def test_file_open_prefers_this_reader_and_loads_off_the_qt_thread(tmp_path, mak
     (bad / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
     messages = []
     notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
-    viewer.window._qt_viewer._qt_open([str(bad)], stack=False)
+    viewer.open(str(bad))
     qtbot.waitUntil(lambda: any(str(bad) in m for m in messages), timeout=30000)
-    assert len(viewer.layers) == 2  # the study on screen stays
+    assert len(viewer.layers) == 2 and on_screen(viewer).study is study  # the study on screen stays
+    assert str(bad) in on_screen(viewer).last_failure
 
     # a script's viewer.open still returns the layers at once
     viewer.layers.clear()

@@ -3,8 +3,7 @@ canvas texts, loader warnings on the scan's row, the ruler in mm."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from napari_helpers import assert_not_blank, tiny_study, write_two_plane_study
+from napari_helpers import assert_not_blank, canvas_widget, tiny_study, write_two_plane_study
 from qtpy.QtCore import QPoint, QPointF, Qt
 from qtpy.QtGui import QMouseEvent, QWheelEvent
 from qtpy.QtWidgets import QApplication
@@ -12,8 +11,10 @@ from qtpy.QtWidgets import QApplication
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.study import Study
 from hlip_napari._launch import dock_widgets, save_screenshot
-from hlip_napari._layers import add_ruler, add_studies, scan_layers, show_plane, study_label
-from hlip_napari._reading import camera, edge_letters, reading, slice_of
+from hlip_napari._layers import study_label
+from hlip_napari._reading import edge_letters, reading, slice_of
+from hlip_napari._show import show_study as add_studies
+from hlip_napari._view import add_ruler, camera, scan_layers, show_plane
 
 
 def _mr_study_folder(root):
@@ -25,7 +26,7 @@ def _mr_study_folder(root):
 
 
 def _canvas(viewer):
-    return viewer.window._qt_viewer.canvas.native
+    return canvas_widget(viewer)
 
 
 def wheel(viewer, notches: int = 1, modifiers=Qt.KeyboardModifier.NoModifier) -> None:
@@ -57,7 +58,7 @@ def test_a_second_study_replaces_the_first_and_every_layer_says_whose(tmp_path, 
     ct_folder, _m, _a = write_two_plane_study(tmp_path / "ct")
     mr_folder = _mr_study_folder(tmp_path / "mr")
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     browser.open_path(str(ct_folder))
     qtbot.waitUntil(lambda: len(scan_layers(viewer)) == 2 and browser.study is not None, timeout=60_000)
@@ -106,7 +107,7 @@ def test_a_second_study_replaces_the_first_and_every_layer_says_whose(tmp_path, 
 
 def test_pacs_mouse_wheel_steps_slices_ctrl_wheel_zooms_drag_windows(make_napari_viewer, qtbot, screenshot_dir):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window.resize(1400, 900)
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     study = tiny_study()  # axial T1 of 12 slices at 4 mm
     browser.add_studies([study])
@@ -168,7 +169,7 @@ def test_loader_warnings_show_on_the_row_and_in_a_notification(tmp_path, make_na
     messages: list[str] = []
     notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     browser.open_path(str(folder))
     qtbot.waitUntil(lambda: browser.table.rowCount() == 2, timeout=60_000)
@@ -199,12 +200,12 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
     the others on the same patient point, within one voxel of the series each shows."""
     folder, _marker, _ax = write_two_plane_study(tmp_path / "study")
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     browser.open_path(str(folder))
     qtbot.waitUntil(lambda: len(scan_layers(viewer)) == 2, timeout=60_000)
     hanging = browser.hang_3up()
-    qtbot.waitUntil(lambda: all(c.model.layers for c in hanging.canvases.values()) and not hanging._pending,
+    qtbot.waitUntil(lambda: all(c.model.layers for c in hanging.canvases.values()) ,
                     timeout=10_000)
     for _ in range(5):
         QApplication.processEvents()
@@ -241,8 +242,8 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
         QApplication.processEvents()
     save_screenshot(viewer, screenshot_dir / "hanging_3up_crosshair.png")
 
-    # a relevance overlay hangs in the planes too, and its next map (given in place) replaces the copy's
-    from hlip_napari._layers import relevance_layer_data, update_layer
+    # a relevance overlay hangs in the planes too, and the next prompt's overlay replaces the copy
+    from hlip_napari._layers import relevance_layer_data
 
     study = browser.study
     k = next(i for i, s in enumerate(study.scans) if s.orientation == "sagittal")
@@ -255,7 +256,8 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
     qtbot.waitUntil(lambda: sag_overlay() is not None, timeout=10_000)
     assert float(np.asarray(sag_overlay().data).max()) == 0.0
     data2, kwargs2, _ = relevance_layer_data(study, k, np.ones(study.scans[k].shape, np.float32), "subdural")
-    update_layer(overlay, data2, kwargs2)
+    viewer.layers.remove(overlay)
+    viewer.add_image(data2, **kwargs2)
     qtbot.waitUntil(lambda: sag_overlay() is not None and float(np.asarray(sag_overlay().data).max()) == 1.0,
                     timeout=10_000)
     assert "subdural" in sag_overlay().name
@@ -302,16 +304,13 @@ def test_switching_studies_frees_the_old_one(make_napari_viewer, qtbot):
     import gc
     import weakref
 
-    from hlip_napari._layers import show_study_gradually
-
     viewer = make_napari_viewer()
-    refs, done = [], []
+    refs = []
     for i in range(3):
         study = tiny_study()
         study.uid = f"1.2.826.0.1.3680043.8.498.90{i}"
         refs.append(weakref.ref(study))
-        show_study_gradually(viewer, [study], lambda added: done.append(len(added)))
-        qtbot.waitUntil(lambda n=i: len(done) == n + 1, timeout=30_000)
+        add_studies(viewer, [study])
         assert {layer.metadata["study_uid"] for layer in scan_layers(viewer)} == {study.uid}
         del study
     for _ in range(20):  # Qt deletes the closed layers' controls on later event-loop turns
@@ -331,121 +330,23 @@ def _ct_study(uid: str, n_scans: int) -> Study:
     return Study(uid=uid, scans=scans, description="CT HEAD", date="20240109", modality="CT")
 
 
-def test_the_next_study_takes_over_the_scan_layers(make_napari_viewer, qtbot):
-    """A study switch re-uses the closed study's scan layers (napari builds no new panel and collects no
-    garbage for them): each takes the new scan's voxels, grid, contrast, name and metadata, exactly as a new
-    layer would have; the closed study's overlay and ruler go; the browser and the canvas texts follow."""
-    from napari.layers import Image
-
-    from hlip_napari._layers import relevance_layer_data, scan_layer_data, show_study_gradually
-
-    viewer = make_napari_viewer()
-    browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
-    done = []
-    first = tiny_study()
-    show_study_gradually(viewer, [first], lambda added: done.append(added))
-    qtbot.waitUntil(lambda: len(done) == 1, timeout=30_000)
-    before = list(scan_layers(viewer))
-    data, kwargs, _ = relevance_layer_data(first, 0, np.ones(first.scans[0].shape, np.float32), "glioma")
-    viewer.add_image(data, **kwargs)
-    add_ruler(viewer, first)
-    assert len(viewer.layers) == 4
-
-    second = _ct_study("1.2.826.0.1.3680043.8.498.77", 3)  # one scan more, another grid, CT
-    show_study_gradually(viewer, [second], lambda added: done.append(added))
-    qtbot.waitUntil(lambda: len(done) == 2, timeout=30_000)
-    layers = scan_layers(viewer)
-    assert len(viewer.layers) == 3 and len(layers) == 3  # overlay and ruler of the closed study are gone
-    assert layers[0] is before[0] and layers[1] is before[1]  # taken over, not removed and added
-    for k, layer in enumerate(layers):
-        fresh, kw, _ = scan_layer_data(second, k, visible=(k == 0))
-        assert np.array_equal(np.asarray(layer.data), fresh) and layer.data.shape == second.scans[k].shape
-        assert np.allclose(layer.affine.affine_matrix, kw["affine"])
-        # the extent a new layer would have, hidden ones too (the sliders and reset view follow it)
-        np.testing.assert_allclose(layer.extent.world, Image(fresh, affine=kw["affine"]).extent.world)
-        assert layer.name == kw["name"] and layer.visible == kw["visible"]
-        assert tuple(layer.contrast_limits) == pytest.approx(kw["contrast_limits"])
-        assert layer.contrast_limits_range[0] <= -999 and layer.contrast_limits_range[1] >= 1400  # CT's range
-        assert layer.metadata["study_uid"] == second.uid and layer.metadata["hlip_study"] is second
-        assert layer.metadata["series_description"] == f"HEAD {k + 1}"
-    qtbot.waitUntil(lambda: browser.study is second and browser.table.rowCount() == 3, timeout=10_000)
-    assert "CT HEAD" in browser.title.text()
-    lo, hi = (np.asarray(layers[0].extent.world, dtype=float)[:, -3:])  # the slice shown lies in the new study
-    assert np.all(lo <= np.asarray(viewer.dims.point)[-3:]) and np.all(np.asarray(viewer.dims.point)[-3:] <= hi)
-    info = reading(viewer).texts()["info"].splitlines()
-    assert info == [study_label(second), "CT HEAD", "1 HEAD 1"]  # one item per line, off the top letter
-
-    # fewer scans: the surplus layer goes
-    third = _ct_study("1.2.826.0.1.3680043.8.498.78", 1)
-    show_study_gradually(viewer, [third], lambda added: done.append(added))
-    qtbot.waitUntil(lambda: len(done) == 3, timeout=30_000)
-    assert [x.metadata["study_uid"] for x in viewer.layers] == [third.uid] and viewer.layers[0] is before[0]
-
-
-def test_an_update_sets_only_what_changed(make_napari_viewer):
-    """Setting a layer's colour map again rebuilds its GL program (a 100 ms draw here): an update in place
-    leaves unchanged settings alone, and changes the ones that differ."""
-    from hlip_napari._layers import relevance_layer_data, update_layer
-
-    viewer = make_napari_viewer(show=False)
-    study = tiny_study()
-    data, kwargs, _ = relevance_layer_data(study, 0, np.zeros(study.scans[0].shape, np.float32), "glioma")
-    layer = viewer.add_image(data, **kwargs)
-    seen = []
-    for name in ("colormap", "opacity", "contrast_limits", "visible", "blending"):
-        getattr(layer.events, name).connect(lambda _e, n=name: seen.append(n))
-    data2, kwargs2, _ = relevance_layer_data(study, 0, np.ones(study.scans[0].shape, np.float32), "oedema")
-    update_layer(layer, data2, kwargs2)  # the next prompt's map, same settings
-    assert seen == [] and float(np.asarray(layer.data).max()) == 1.0 and "oedema" in layer.name
-    update_layer(layer, data2, {**kwargs2, "opacity": 0.25, "colormap": "turbo"}, regrid=True)
-    assert "colormap" in seen and "opacity" in seen and "blending" not in seen and "visible" not in seen
-    assert layer.colormap.name == "turbo" and layer.opacity == pytest.approx(0.25)
-
-
-def test_the_canvas_texts_are_drawn_once_before_a_study_opens(make_napari_viewer, qtbot):
-    """The plugin has napari draw its canvas texts while the viewer is idle, transparent, every character
-    once (their first draw builds GL programs and renders glyphs, ~5 ms a character): then colours back and
-    texts empty. A study opened meanwhile takes the texts over."""
-    from hlip_napari._reading import GLYPHS, OVERLAY_PREFIX
-
-    viewer = make_napari_viewer()
-    reading(viewer)
-    info = viewer.canvas.overlays[OVERLAY_PREFIX + "info"]
-    edge = viewer.canvas.overlays[OVERLAY_PREFIX + "left"]
-    assert info.color[3] == 0.0 and edge.color[3] == 0.0  # never seen
-    assert not info.box and not edge.box  # plain text on the image, as a PACS draws it
-    shown = []
-    info.events.text.connect(shown.append)  # psygnal: the new text
-    qtbot.waitUntil(lambda: info.color[3] == 1.0, timeout=10_000)
-    assert "".join(t for t in shown if t) == GLYPHS and info.text == "" and edge.color[3] == 1.0
-
-    other = make_napari_viewer()
-    reading(other)
-    add_studies(other, [tiny_study()])  # before the warm-up is through
-    o_info = other.canvas.overlays[OVERLAY_PREFIX + "info"]
-    qtbot.waitUntil(lambda: o_info.color[3] == 1.0, timeout=10_000)
-    assert "MR" in o_info.text  # the study's line, not a warm-up chunk
-
-
 def test_the_3up_planes_take_the_next_study_over(make_napari_viewer, qtbot):
-    """With the 3-up hung, the next study re-uses the planes' copies too: the same layers show the new
-    study's voxels and grid; a copy left over (the closed study's overlay) waits hidden, holding nothing of
-    the closed study, which is freed; the crosshair moves on with the viewer and stays on top."""
+    """With the 3-up hung, the next study replaces the planes' copies: they show the new study's voxels and
+    grid, nothing of the closed study (its overlay included) is left on a plane, the crosshair moves on with
+    the viewer and stays on top, and the closed study is freed."""
     import gc
     import weakref
 
-    from hlip_napari._layers import relevance_layer_data, scan_layer_data, show_study_gradually
+    from hlip_napari._layers import relevance_layer_data, scan_layer_data
     from hlip_napari._qt.hanging import HangingWidget
 
     viewer = make_napari_viewer(show=True)
-    done = []
     hanging = HangingWidget(viewer)
     cor = hanging.canvases["coronal"]
 
     def first_study():  # in a frame of its own: the test's frame holds no reference to it
         first = tiny_study()
-        show_study_gradually(viewer, [first], lambda added: done.append(added))
-        qtbot.waitUntil(lambda: len(done) == 1, timeout=30_000)
+        add_studies(viewer, [first])
         data, kwargs, _ = relevance_layer_data(first, 0, np.ones(first.scans[0].shape, np.float32), "glioma")
         viewer.add_image(data, **kwargs)
         qtbot.waitUntil(lambda: sum(x.metadata.get("hlip_kind") == "relevance" for x in cor.model.layers) == 1,
@@ -453,34 +354,25 @@ def test_the_3up_planes_take_the_next_study_over(make_napari_viewer, qtbot):
         return weakref.ref(first)
 
     ref = first_study()
-    copies = [x for x in cor.model.layers if x.metadata.get("hlip_kind") in ("scan", "relevance")]
-
     second = _ct_study("1.2.826.0.1.3680043.8.498.79", 2)
-    show_study_gradually(viewer, [second], lambda added: done.append(added))
-    qtbot.waitUntil(lambda: len(done) == 2 and not hanging._pending
-                    and cor.model.layers[0].metadata.get("study_uid") == second.uid, timeout=30_000)
+    add_studies(viewer, [second])
     shown = cor.model.layers[0]
-    assert shown is copies[0]  # taken over, not removed and added
+    assert shown.metadata.get("study_uid") == second.uid
     k = shown.metadata["hlip_scan"]
     fresh, kw, _ = scan_layer_data(second, k)
     assert np.array_equal(np.asarray(shown.data), fresh)
     assert np.allclose(shown.affine.affine_matrix, kw["affine"])
-    spare = copies[1]
-    assert spare in cor.model.layers and not spare.visible and spare.metadata == {"hlip_kind": "spare"}
-    assert np.asarray(spare.data).size == 1
-    lo, hi = np.asarray(shown.extent.world)  # the spare's one voxel lies inside the shown study's extent
-    assert np.all(np.asarray(spare.extent.world) >= lo - 1e-6) and np.all(np.asarray(spare.extent.world) <= hi + 1e-6)
+    assert not any(x.metadata.get("hlip_kind") == "relevance" for x in cor.model.layers)
     assert cor.model.layers[-1].metadata.get("hlip_kind") == "crosshair"
     cross = next(x for x in viewer.layers if x.metadata.get("hlip_kind") == "crosshair")
     assert cross.metadata["study_uid"] == second.uid
-    assert all(x.metadata.get("study_uid") == second.uid for x in cor.model.layers if x is not spare)
+    assert all(x.metadata.get("study_uid") == second.uid for x in cor.model.layers)
     for _ in range(20):
         qtbot.wait(10)
     gc.collect()
     assert ref() is None  # nothing keeps the closed study alive
     hanging.close_canvases()
     qtbot.wait(50)
-
 
 def test_the_corner_text_keeps_each_line_short(make_napari_viewer):
     viewer = make_napari_viewer()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from napari_helpers import tiny_study, use_model, write_two_plane_study
+from napari_helpers import raise_dock, tiny_study, use_model, write_two_plane_study
 from qtpy.QtCore import Qt
 
 from hlip_engine.cli import main as hlip
@@ -53,7 +53,7 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
 
     use_model(tiny_checkpoint)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     widgets = dock_widgets(viewer, ("Study browser", "Search studies"))
     sw = widgets["Search studies"]
     sw.set_index(str(index))
@@ -69,7 +69,7 @@ def test_hits_show_the_impression_age_and_sex(tmp_path, tiny_checkpoint, make_na
     qtbot.waitUntil(lambda: len(sw.thumbnails) == 2, timeout=30_000)
     assert not sw.table.item(mr_row, COLUMNS.index("Description")).icon().isNull()
     assert max(sw.thumbnails[mr_row].shape) <= 48 and sw.thumbnails[mr_row].std() > 0
-    viewer.window._wrapped_dock_widgets["Search studies (hlip-napari)"].raise_()
+    raise_dock(viewer, "Search studies")
     save_screenshot(viewer, screenshot_dir / "search_impressions.png")
 
     # filters as the CLI's: CT only

@@ -45,8 +45,8 @@ def _head_ct_index(root, model, checkpoint, study_folder):
 def test_more_like_this_uses_the_index_recipe_as_the_cli_does(tmp_path, tiny_checkpoint, tiny_model,
                                                              make_napari_viewer, qtbot, capsys):
     from hlip_napari._launch import dock_widgets
-    from hlip_napari._layers import add_studies
     from hlip_napari._reader import load_studies
+    from hlip_napari._show import show_study as add_studies
 
     folder, _marker, _ax = write_two_plane_study(tmp_path / "ct_head")
     index_dir = _head_ct_index(tmp_path / "index", tiny_model, tiny_checkpoint, folder)

@@ -22,8 +22,9 @@ from server_helpers import (
 )
 
 from hlip_napari._launch import dock_widgets
-from hlip_napari._layers import add_studies, scan_layers
 from hlip_napari._reader import load_studies
+from hlip_napari._show import show_study as add_studies
+from hlip_napari._view import scan_layers
 
 WAIT = 120_000  # ms
 
@@ -361,7 +362,7 @@ def test_the_plugin_works_as_a_client_without_torch(served, tmp_path):
         assert abs(sum(probs.values()) - 1) < 1e-5 and len(volumes) == len(rel.volume_scans) > 0
         import napari
         from hlip_napari._launch import dock_widgets
-        from hlip_napari._layers import scan_layers
+        from hlip_napari._view import scan_layers
         viewer = napari.Viewer(show=False)
         docks = dock_widgets(viewer)       # every widget builds, the Model boxes show the server
         docks["Study browser"].add_studies([study])

@@ -11,7 +11,8 @@ from napari_helpers import assert_not_blank, write_big_study, write_two_plane_st
 from qtpy.QtCore import Qt
 
 from hlip_napari._launch import OPTIONAL_WIDGETS, WIDGETS, dock_widgets, launch, save_screenshot
-from hlip_napari._layers import scan_layers, window_limits
+from hlip_napari._layers import window_limits
+from hlip_napari._view import scan_layers
 
 
 def test_npe2_manifest_is_discovered_and_valid():
@@ -32,9 +33,9 @@ def test_study_browser_docks_lists_scans_and_screenshot(tmp_path, make_napari_vi
     folder, _marker, _ax = write_two_plane_study(tmp_path / "study")
     (folder / "ax" / "README.txt").write_text("not DICOM")  # a stray file: skipped, with its reason
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     launch(study=str(folder), viewer=viewer)
-    browser = viewer.window._wrapped_dock_widgets["Study browser (hlip-napari)"].inner_widget()
+    browser = viewer.window.dock_widgets["Study browser (hlip-napari)"]
     # the table is filled once the study's scans are all in (not per layer: each refresh is a repaint)
     qtbot.waitUntil(lambda: len(viewer.layers) == 2 and browser.table.rowCount() == 2, timeout=60_000)
     cells = [[browser.table.item(r, c).text() for c in range(1, 7)] for r in range(2)]
@@ -71,8 +72,8 @@ def test_study_browser_docks_lists_scans_and_screenshot(tmp_path, make_napari_vi
 
 
 def test_sample_study_opens_and_plane_buttons_hang_it(make_napari_viewer, screenshot_dir):
-    from hlip_napari._layers import show_plane
     from hlip_napari._sample_data import make_sample_study
+    from hlip_napari._view import show_plane
 
     layer_data = make_sample_study()  # the demo's phantom MR study with a tumour, written as DICOM
     planes = [d[1]["metadata"]["orientation"] for d in layer_data]

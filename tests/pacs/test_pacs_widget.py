@@ -17,7 +17,7 @@ def _widgets(make_napari_viewer):
 
 
 def test_find_retrieve_and_open_in_the_study_browser(orthanc, library, make_napari_viewer, qtbot, tmp_path):
-    from hlip_napari._layers import scan_layers
+    from hlip_napari._view import scan_layers
 
     viewer, pacs, browser = _widgets(make_napari_viewer)
     pacs.node.setCurrentText(orthanc.dimse_url)
@@ -99,10 +99,10 @@ def test_a_search_hit_of_a_pacs_built_index_opens_by_retrieving_it(orthanc, libr
     retrieves the study from its node again and opens it."""
     from pathlib import Path
 
-    from hlip_engine.index.build import build_node
+    from hlip_engine.index.embed_pipeline import build_node
     from hlip_napari._launch import dock_widgets
-    from hlip_napari._layers import scan_layers
     from hlip_napari._session import SETTINGS
+    from hlip_napari._view import scan_layers
 
     a = library["phantoms"][0]
     ckpt = Path(__file__).resolve().parents[2] / "hlip_engine" / "weights" / "hlip_demo.safetensors"
