@@ -1,7 +1,7 @@
 """Study-encoding speed of the HLIP visual tower, on the anchors' model and input.
 
 Model ``vit_base_multiscan_h2_token1176`` (ViT-B, 48 x 224 x 224 per scan, 1,176 tokens per scan), random
-weights, visual tower only -- the same case as ``../shared/anchors/reference-gpu.md`` (official on an
+weights, visual tower only -- the case the official implementation was measured on (official on an
 H200: bf16 batch 8 x 10 scans 80.5 studies/s; 1 x 10 scans 14.0 ms; 1 x 40 scans 97.9 ms).
 
 GPU (CUDA): for each precision mode -- ``autocast`` (fp32 weights, bf16 autocast: what load_model does)
@@ -17,37 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import timed  # median seconds after warm-up
 
 from hlip_engine.model import get_config  # noqa: E402
 from hlip_engine.model.vit import HLIPVisualEncoder, VisualConfig, count_parameters, flops_per_study  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, warmup: int, repeat: int) -> float:
-    """Median seconds of ``fn()`` after warm-up."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def study_batch(b: int, n: int, size, device, seed: int = 0) -> torch.Tensor:

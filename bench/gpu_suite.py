@@ -1,6 +1,6 @@
-"""Every GPU measurement of the project in one call: one JSON document (issue 19).
+"""Every GPU measurement of the project in one call: one JSON document.
 
-    bench/gpu_suite.sh              # on the H200 (device tool), <= 8 minutes; JSON in $OUT/gpu_suite.json
+    bench/gpu_suite.sh              # on one H200, <= 8 minutes; JSON on stdout and in $OUT/gpu_suite.json
     bench/gpu_suite.sh --dry-run    # the same code paths on CPU at tiny sizes, < 2 minutes (tests run it)
 
 Sections (each timed on its own; one that fails records its error and the others still run):
@@ -15,9 +15,10 @@ Sections (each timed on its own; one that fails records its error and the others
   faiss       exact inner-product search over 1M 512-d vectors through ``hlip_engine.index.faiss_index``
               (GPU when faiss has GPU support, else CPU with ``"gpu": false``)
   official    the official encoder measured beside ours (``.ref/official_bench.py``, see gpu_suite.sh);
-              ``"ran": false`` with the reason when its files were not carried
-Ratios against ``../shared/anchors/reference-gpu.md`` come under "ratios" (ours / official; > 1 is
-better for speed, < 1 is better for memory).
+              ``"ran": false`` with the reason when its files are not in ``.ref/``
+Ratios against the official implementation's figures on an H200 (measured with the same benchmark as the
+"official" section, table ``OFFICIAL`` below) come under "ratios" (ours / official; > 1 is better for speed,
+< 1 is better for memory).
 
 The text tower is a small random stand-in (the GPU machine holds no text weights, and no measurement
 here uses text: the relevance prompt is given as an embedding).
@@ -36,19 +37,16 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from _common import REPO, peak_tflops, sync, timed  # timed: median seconds after warm-up
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from encode_bench import sync, timed  # noqa: E402 - median seconds after warm-up, as the encode bench times
-from train_bench import peak_tflops  # noqa: E402 - the peak table train_bench's MFU uses
 
-# the official H200 figures (../shared/anchors/reference-gpu.md, reference_h200.json)
+# the official implementation on one H200 (its encoder and training step, measured by official_bench.py)
 OFFICIAL = {"encode_bf16_8x10_studies_per_s": 80.5, "encode_compiled_8x10_studies_per_s": 89.7,
             "latency_bf16_1x40_s": 0.0979, "train_8x8_studies_per_s": 33.8, "train_8x8_peak_GiB": 26.5,
             "train_8x8_ckpt_studies_per_s": 27.3, "train_8x8_ckpt_peak_GiB": 7.2}

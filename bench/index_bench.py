@@ -5,7 +5,7 @@ Vectors: 512-d, L2-normalised, drawn from a mixture of ~1,000 Gaussian clusters 
 by protocol and finding, and uniform random vectors would be no fair stand-in. Queries are fresh
 draws from the same mixture. Ground truth is an exact float32 search over the generated vectors.
 
-    .venv/bin/python bench/index_bench.py --n 1000000        # the numbers
+    .venv/bin/python bench/index_bench.py --n 1000000        # the 1M-study figures
     .venv/bin/python bench/index_bench.py --n 100000 --text  # plus text-query encoding on CPU (MiniLM)
 
 Phases run in separate processes so that each resident-memory peak (VmHWM) is its own:

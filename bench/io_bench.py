@@ -8,7 +8,7 @@
    (GDCM file ordering + Execute + GetArrayFromImage), alternating, page cache warm for both; same voxels checked.
 2. A tree of small CT series totalling ``--files`` files is discovered from headers (``hlip_engine.discover``),
    next to a plain ``pydicom.dcmread(stop_before_pixels=True)`` loop over the same files.
-Targets (issue 3): our load time <= SimpleITK's; discovery of 10,000 files <= 10 s.
+Targets: our load time <= SimpleITK's; discovery of 10,000 files <= 10 s.
 """
 from __future__ import annotations
 

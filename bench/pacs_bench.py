@@ -17,7 +17,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,51 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
+from _common import PASSWORD, USER, start_orthanc, upload  # the Orthanc set-up pacs_index_bench shares
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-ORTHANC = "/usr/sbin/Orthanc"
-PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-USER, PASSWORD = "bench", "bench-pass"
 STUDY = "1.2.826.0.1.3680043.8.498.18000000000000000000000000000000512"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_orthanc(root: Path) -> tuple[subprocess.Popen, int, int]:
-    http, dicom = free_port(), free_port()
-    cfg = root / "orthanc.json"
-    cfg.write_text(json.dumps({
-        "Name": "BENCH", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-        "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD}, "DicomCheckCalledAet": True,
-        "DicomModalities": {"hlipx": ["HLIPX", "127.0.0.1", free_port()]}, "Plugins": [PLUGIN],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "HttpCompressionEnabled": False,
-        "StorageCompression": False, "SaveJobs": False, "LimitFindResults": 0, "LimitFindInstances": 0}))
-    log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, TCP_NODELAY="1"), start_new_session=True)
-    for _ in range(300):
-        try:
-            if requests.get(f"http://127.0.0.1:{http}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                return proc, http, dicom
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("Orthanc did not start")
-
-
-def upload(http: int, files) -> None:
-    with requests.Session() as s:
-        s.auth = (USER, PASSWORD)
-        for f in files:
-            s.post(f"http://127.0.0.1:{http}/instances", data=Path(f).read_bytes(), timeout=120).raise_for_status()
 
 
 def write_ct(folder: Path, slices: int, size: int) -> list[Path]:

@@ -27,12 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import PASSWORD, REPO, USER, start_orthanc, upload  # the same Orthanc set-up as pacs_bench
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pacs_bench import PASSWORD, USER, start_orthanc, upload  # noqa: E402  (the same Orthanc set-up)
+ROOT = REPO
 
 DEMO_MODEL = ROOT / "hlip_engine" / "weights" / "hlip_demo.safetensors"
 
@@ -74,7 +71,7 @@ def main(argv=None) -> int:
     os.environ["HLIP_PACS_USERNAME"], os.environ["HLIP_PACS_PASSWORD"] = USER, PASSWORD
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from hlip_engine.demo import make_studies
-    from hlip_engine.index.build import build_library, build_node
+    from hlip_engine.index.embed_pipeline import build_library, build_node
 
     root = Path(tempfile.mkdtemp(prefix="pacs-index-bench-"))
     proc = None

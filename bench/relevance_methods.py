@@ -36,8 +36,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import library_parser, peak_of
 
 FOCAL = ("tumour", "infarct", "haemorrhage")
 
@@ -119,20 +118,7 @@ def occlusion(model, x, text, scale, grid, patch, base):
     return np.clip(drops.reshape(n, *grid), 0, None)
 
 
-def peak_of(tokens, prepared, study, scan_volumes, centre_of_mass=True):
-    """World position (LPS mm) of ``Relevance.peak()`` for these tokens: the hot spot on the most relevant
-    source scan, where the plugin jumps."""
-    from hlip_engine.relevance import Relevance
-
-    rel = Relevance(tokens=tokens, prompt="", logit=0.0, patch_size=(1, 1, 1), model_grid=(1, 1, 1),
-                    scan_indices=list(prepared.scan_indices))
-    rel.volumes, rel.volume_scans = scan_volumes(tokens, prepared)
-    k, voxel = rel.peak(centre_of_mass)
-    return study.scans[k].world(voxel)
-
-
 def main(argv=None) -> int:
-    from relevance_pointing import library_parser
 
     ap = library_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=["last-block", "rollout", "input-grad"])

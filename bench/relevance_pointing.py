@@ -12,31 +12,17 @@ the brightest region of each MR study's FLAIR (a 5-voxel box mean), where oedema
     .venv/bin/python bench/relevance_pointing.py --model RUN/model.safetensors --seed 6 --studies 100
     .venv/bin/python bench/relevance_pointing.py --method rollout --json out.json     # another method
 
-Goal (issue 16), on libraries never trained on or selected with: hit >= 0.8, lesion side >= 0.95, median
+Goal, on libraries never trained on or selected with: hit >= 0.8, lesion side >= 0.95, median
 peak-to-centre distance <= 15 mm.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def library_parser(description: str) -> argparse.ArgumentParser:
-    """The options every phantom-lesion benchmark shares: which model, which library (seed, size), where."""
-    from hlip_engine.demo.showcase import DEMO_MODEL
-
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--model", type=Path, default=DEMO_MODEL)
-    ap.add_argument("--seed", type=int, default=5)
-    ap.add_argument("--studies", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path("demo-output/quality"), help="where libraries are kept")
-    return ap
+from _common import library_parser
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Variants of the guided relevance map, scored as bench/relevance_methods.py scores methods (hit, side, median
-distance of the most relevant scan's peak to each focal lesion of a phantom library). The variants the README
-lists as measured and not taken:
+distance of the most relevant scan's peak to each focal lesion of a phantom library). The variants
+docs/demo-model.md lists as measured and not taken:
 
 - ``--family fine``: the guided map's fine factor, on the same rollout token map: |grad x input| (shipped),
   positive grad x input, |grad|, |grad x (input - scan mean)| and its positive part, positive grad x (input -
@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, peak_of
 
 FOCAL = ("tumour", "infarct", "haemorrhage")
 
@@ -87,12 +85,11 @@ def main(argv=None) -> int:
     ap.add_argument("--family", choices=FAMILIES, required=True)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--studies", type=int, default=40)
-    ap.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "hlip_engine/weights/hlip_demo.safetensors"))
+    ap.add_argument("--model", default=str(REPO / "hlip_engine/weights/hlip_demo.safetensors"))
     ap.add_argument("--out", type=Path, default=Path("bench-output"), help="where the phantom library is made")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from relevance_methods import peak_of
 
     from hlip_engine.demo.quality import FINDING_PROMPTS, TEMPLATES
     from hlip_engine.demo.showcase import ensure_library

@@ -3,7 +3,7 @@
     .venv/bin/python bench/serve_bench.py                       # phantom library, demo model, CPU
     .venv/bin/python bench/serve_bench.py --device cuda --studies 16 --out serve_bench.json
 
-Measures (the issue's numbers):
+Measures:
 - search p50/p95 over HTTP (hlip_engine.remote.RemoteEngine, kept-alive connections) against the local
   p50 (``search.text_vector`` + ``search.search`` in this process), at 1 and at 8 concurrent clients,
   ``--requests`` each (default 1,000), counting errors. Every request is a different query text.

@@ -1,8 +1,8 @@
 """Training-step throughput of ``training.pretrain``'s step: studies/s, peak memory and MFU.
 
 Two measurements per run:
-  visual  the image tower alone, bf16 autocast, AdamW, loss = mean(y^2) -- exactly the official
-          benchmark's training step (../shared/anchors/official_bench.py), so the numbers compare;
+  visual  the image tower alone, bf16 autocast, AdamW, loss = mean(y^2) -- exactly the training step
+          the official implementation's figures were measured with, so the numbers compare;
   full    the real step of training.pretrain: image tower + text (locked, cached features, or
           trainable with --train-text) + CLIP loss + AdamW with the trainer's parameter groups.
 
@@ -29,31 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import peak_tflops, sync
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-
-
-def peak_tflops(device: torch.device, given: float) -> float | None:
-    if given:
-        return given
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def timed(step, device, warmup: int, iters: int) -> float:
+    """Mean seconds per step over ``iters`` steps after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
     sync(device)

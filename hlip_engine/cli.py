@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 import sys
+from importlib import metadata
 
 from . import commands
 from .study import StudyLoadError
@@ -20,12 +21,20 @@ ENGINE_MODULES = ("torch", "transformers", "safetensors", "faiss", "fastapi", "u
                   "SimpleITK", "nilearn")
 
 
+def installed_version() -> str:
+    """The installed distribution's version (pyproject's), or "unknown" when run from a tree not installed."""
+    try:
+        return metadata.version("hlip-napari")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hlip",
         description="HLIP Explorer: embed, search, classify and explain 3-D medical studies (not for clinical use).",
     )
-    parser.add_argument("--version", action="version", version="hlip-napari 0.1.0")
+    parser.add_argument("--version", action="version", version=f"hlip-napari {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -8,18 +8,18 @@
 #   stage 4: the same 1,100 studies, 1,200 more steps
 #   stage 5: 2,100 studies (seeds 15 and 17 added), impressions, 1,200 steps with soft report targets
 #            (--text-target-tau 0.07: same-meaning impressions are not negatives of each other)
-#   stages 6-8 (issue 16, "relevance maps that find the finding"): lesion-guided fine-tuning. The phantom
+#   stages 6-8 (relevance maps that find the finding): lesion-guided fine-tuning. The phantom
 #            generator's lesion centres (python -m training.lesions) are stored per cached scan
 #            (training.prepare --lesions) and --lesion-guidance W adds -log(share of the CLS attention on the
 #            lesion's tokens) to the CLIP loss; with --flip-lr 0.5 report-consistent left/right mirrors.
 #            6: 1,100 studies, W 1, 300 steps; 7: the same, W 3 + flips, 600 steps; 8: 2,100 studies, W 3 at
 #            study and scan level + flips, 600 steps. About 45 min more of CPU.
-#   stages 9-10 (issue 16): finer tokens. training.resize_patches turns stage 8's 8x16x16 patches into 8x8x8
+#   stages 9-10: finer tokens. training.resize_patches turns stage 8's 8x16x16 patches into 8x8x8
 #            (4x12x12 tokens per scan), then stage 8's recipe again: 600 steps at 75 % patch dropout, 400 at
 #            50 % and half the learning rate; its config names "mirrored-guided-rollout" (the relevance method
 #            that won on the validation libraries) and it ships. About 35 min more of CPU.
 # (Candidates that scored no better on the validation libraries -- stage 5 on 1,400 or 2,100 studies with
-# one-hot targets or with tau 0.15, stage 4 with 4 scans per step -- are listed in the README.)
+# one-hot targets or with tau 0.15, stage 4 with 4 scans per step -- are listed in docs/demo-model.md.)
 # Stages 1 and 2 ran with the report templates of that time (no "Acute intracranial haemorrhage: ..."
 # impressions); `make_studies` writes the current ones, so a rerun differs in those reports only.
 # Model selection used phantom libraries of seeds 5, 6 and 8 (bench/demo_quality.py); the held-out library
@@ -88,7 +88,7 @@ $PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --data "$W/cach
 $PY -m training.pretrain "${COMMON[@]}" "${IMP[@]}" "${SOFT[@]}" --data "$W/cache_les2100/manifest.json" \
     --init "$W/run7/model.safetensors" --steps 600 --lesion-guidance 3.0 --lesion-guidance-levels study scan \
     --flip-lr 0.5 --out "$W/run8"
-# stage 9 (issue 16): finer tokens. Stage 8's model at patch 8 x 8 x 8 (4 x 12 x 12 tokens per scan, ~18 mm in-plane
+# stage 9: finer tokens. Stage 8's model at patch 8 x 8 x 8 (4 x 12 x 12 tokens per scan, ~18 mm in-plane
 # instead of ~37; training.resize_patches: the new model starts as the old one on the scan zoomed 2x), then the
 # stage-8 recipe again for 600 steps with 75 % of the patch tokens dropped per step (as many kept per scan as
 # stage 8 kept at 50 %: about the same cost per step, ~15 min; the later --patch-dropout wins over COMMON's)

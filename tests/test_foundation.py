@@ -40,7 +40,7 @@ def test_packages_import_without_gui_or_torch_cost():
 
 
 def test_stable_api_names_stay_functions_after_their_modules_load():
-    """``hlip_engine.preprocess`` etc. are the functions the issues name, even once every submodule is imported."""
+    """``hlip_engine.preprocess`` etc. are the stable API functions, even once every submodule is imported."""
     code = ("import hlip_engine, hlip_engine.preprocessing, hlip_engine.io, hlip_engine.model, hlip_engine.index\n"
             "names = ['load_study', 'discover', 'preprocess', 'load_model', 'create_model', 'recipe_for']\n"
             "print(all(callable(getattr(hlip_engine, n)) and not isinstance(getattr(hlip_engine, n), type(hlip_engine))"

@@ -12,7 +12,7 @@ averaged over heads, over the blocks at study level (where the one CLS sees ever
 ``--lesion-guidance-levels study scan`` also each scan's own CLS copy at scan level) and over the units of
 the batch that hold a focal lesion; studies without one (normal, diffuse findings) add nothing.
 The model stays a CLIP model (the embeddings and the contrastive loss are unchanged); the term only says
-where the evidence lies. The README states which shipped model used it, and on which data.
+where the evidence lies. docs/demo-model.md states which shipped model used it, and on which data.
 
 Files. ``python -m training.lesions LIBRARY... --out lesions.json`` writes ``{study_uid: [{"centre_lps",
 "radius_mm"}]}`` from phantom libraries (``studies.json``); any archive with known lesion centres can

@@ -1,4 +1,4 @@
-"""Relevance maps: where in a whole study the model sees a prompt (``hlip attention`` is an alias).
+"""Relevance maps: where in a whole study the model sees a prompt (``hlip attention``, deprecated, is the old name).
 
 --method chooses how: ``last-block`` (the official HLIP method: grad x attention of the last block, exact,
 O(tokens)), ``rollout`` (Chefer et al. 2021 over every block), ``guided-rollout`` (rollout x the smoothed

@@ -3,7 +3,7 @@
 A recipe says which scans it accepts, how intensities become [0, 1] and how the voxel grid becomes the
 model grid; its ``defaults`` are the options a caller may override (``preprocess(study, "brain-mri",
 slices=16, size=40, crop=32)`` for a tiny test model). The steps themselves live in
-:mod:`hlip_engine.preprocessing`; the values here are the paper's (see shared/design/hlip-reference.md).
+:mod:`hlip_engine.preprocessing`; the values here are the paper's (arXiv 2505.21862) and its official code's.
 """
 from __future__ import annotations
 

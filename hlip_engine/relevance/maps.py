@@ -126,7 +126,7 @@ class Relevance:
         return F.interpolate(t, size=self.model_grid, mode="trilinear", align_corners=False)[0, 0].numpy()
 
     def summary(self) -> dict[str, Any]:
-        """JSON-friendly numbers (what ``hlip attention`` writes beside the images)."""
+        """JSON-friendly numbers (what ``hlip relevance`` writes beside the images)."""
         out: dict[str, Any] = {
             "prompt": self.prompt,
             "method": self.method,

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from test_attention_api import brain_scan
-from test_attention_exact import tiny
+from test_relevance_api import brain_scan
+from test_relevance_exact import tiny
 
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.model import create_model

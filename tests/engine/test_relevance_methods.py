@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_attention_exact import tiny
+from test_relevance_exact import tiny
 
 from hlip_engine.model.vit import TokenLayout, regroup
 from hlip_engine.relevance.methods import METHODS, check_method, default_method

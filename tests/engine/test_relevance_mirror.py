@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_attention_api import brain_scan
+from test_relevance_api import brain_scan
 
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.io.sample_studies import reformat

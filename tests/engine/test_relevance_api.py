@@ -1,5 +1,6 @@
 """relevance(model, study, prompt) end to end on a tiny model: real DICOM in, maps on each scan's voxels,
-hierarchy views, head-CT window merging, NIfTI / PNG / JSON export and the ``hlip attention`` command."""
+hierarchy views, head-CT window merging, NIfTI / PNG / JSON export, the ``hlip relevance`` command and its
+deprecated old name ``hlip attention``."""
 import json
 
 import matplotlib.image as mpimg
@@ -184,11 +185,24 @@ def test_cli_writes_maps(model, dicom_study, tmp_path, capsys):
 
     ckpt = model.save(tmp_path / "tiny.safetensors")
     out = tmp_path / "rel"
-    rc = main(["attention", str(dicom_study), "--model", str(ckpt), "--prompt", "glioma", "--out", str(out),
+    rc = main(["relevance", str(dicom_study), "--model", str(ckpt), "--prompt", "glioma", "--out", str(out),
                "--device", "cpu"])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "glioma" in printed and "%" in printed
+    captured = capsys.readouterr()
+    assert "glioma" in captured.out and "%" in captured.out and "deprecated" not in captured.err
     assert (out / "montage.png").exists() and len(list(out.glob("scan*.nii.gz"))) == 2
-    rc = main(["attention", str(tmp_path / "nowhere"), "--model", str(ckpt), "--prompt", "x", "--out", str(out)])
+    rc = main(["relevance", str(tmp_path / "nowhere"), "--model", str(ckpt), "--prompt", "x", "--out", str(out)])
     assert rc == 2 and "nowhere" in capsys.readouterr().err
+
+
+def test_attention_is_a_deprecated_alias_of_relevance(model, dicom_study, tmp_path, capsys):
+    from hlip_engine.cli import main
+
+    ckpt = model.save(tmp_path / "tiny.safetensors")
+    out = tmp_path / "rel"
+    rc = main(["attention", str(dicom_study), "--model", str(ckpt), "--prompt", "glioma", "--out", str(out),
+               "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "glioma" in captured.out
+    assert "deprecated" in captured.err and "hlip relevance" in captured.err  # the notice names the new command
+    assert (out / "montage.png").exists() and len(list(out.glob("scan*.nii.gz"))) == 2
