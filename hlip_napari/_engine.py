@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,44 +29,13 @@ import numpy as np
 
 from hlip_engine.remote import EngineError, RemoteEngine
 
-from .settings import ModelSettings, config_dir
+from .settings import EngineSettings, ModelSettings
 
-KINDS = ("local", "server")
 LABELS = {"local": "this computer", "server": "server"}
 KEYRING_SERVICE = "hlip-napari"
 
 __all__ = ["EngineError", "EngineSettings", "LocalEngine", "ServerEngine", "cache_dir", "current_engine",
            "forget_token", "load_token", "ready", "save_token"]
-
-
-# --- the choice, remembered ----------------------------------------------------------------------------
-@dataclass
-class EngineSettings:
-    """Where the engine runs: ``kind`` "local" or "server", and the server's URL (never the token)."""
-
-    kind: str = "local"
-    url: str = ""
-
-    @staticmethod
-    def path():
-        return config_dir() / "engine.json"
-
-    @classmethod
-    def load(cls) -> EngineSettings:
-        try:
-            raw = json.loads(cls.path().read_text())
-        except (OSError, ValueError):
-            return cls()
-        names = {f.name for f in fields(cls)}
-        out = cls(**{k: str(v) for k, v in raw.items() if k in names}) if isinstance(raw, dict) else cls()
-        if out.kind not in KINDS:
-            out.kind = "local"
-        return out
-
-    def save(self) -> None:
-        from hlip_engine.atomic import atomic_write_json
-
-        atomic_write_json(self.path(), asdict(self), indent=1)
 
 
 # --- the token, in the OS keyring -------------------------------------------------------------------------

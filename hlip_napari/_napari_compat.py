@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-NAPARI_TESTED = ("0.5.6", "0.9.2")  # the lowest and highest napari the plugin's tests run on
+NAPARI_TESTED = ("0.9.0", "0.9.2")  # the lowest and highest napari the plugin's tests run on (0.9 made viewer.canvas public)
 WHEEL_SLICE_CALLBACK = "dims_scroll"  # napari's viewer wheel callback, by name (napari 0.4.19 - 0.9.x)
 
 

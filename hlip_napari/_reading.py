@@ -137,8 +137,9 @@ class Reading:
         viewer = self.viewer
         for key, position in (("info", "top_left"), *EDGES.items()):
             self._overlay(key, position, 10 if key == "info" else 13)
-        viewer.scale_bar.box = False  # on the image, like the corner texts
-        viewer.scale_bar.visible = True
+        bar = viewer.canvas.overlays["scale_bar"]
+        bar.box = False  # on the image, like the corner texts
+        bar.visible = True
         self.set_pacs(True)
         self._refresh()
 

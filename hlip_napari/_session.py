@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from .settings import ModelSettings
+from .settings import EngineSettings, ModelSettings
 
 
 def _update(hub, values: dict) -> None:
@@ -53,7 +53,7 @@ class SettingsHub:
 
 
 class EngineHub:
-    """Where the engine runs (:class:`hlip_napari._engine.EngineSettings`), shared by every Model box.
+    """Where the engine runs (:class:`hlip_napari.settings.EngineSettings`), shared by every Model box.
 
     Read from its file each time (a few bytes), so it never goes stale when tests move the config folder;
     ``changed`` tells the other boxes (and the search widget's index row) when one box edits it."""
@@ -62,8 +62,6 @@ class EngineHub:
 
     @property
     def settings(self):
-        from ._engine import EngineSettings
-
         return EngineSettings.load()
 
     def update(self, **values) -> None:

@@ -50,3 +50,35 @@ class ModelSettings:
         from hlip_engine.atomic import atomic_write_json
 
         atomic_write_json(settings_path(), asdict(self), indent=1)
+
+
+KINDS = ("local", "server")
+
+
+@dataclass
+class EngineSettings:
+    """Where the engine runs: ``kind`` "local" or "server", and the server's URL (never the token)."""
+
+    kind: str = "local"
+    url: str = ""
+
+    @staticmethod
+    def path():
+        return config_dir() / "engine.json"
+
+    @classmethod
+    def load(cls) -> EngineSettings:
+        try:
+            raw = json.loads(cls.path().read_text())
+        except (OSError, ValueError):
+            return cls()
+        names = {f.name for f in fields(cls)}
+        out = cls(**{k: str(v) for k, v in raw.items() if k in names}) if isinstance(raw, dict) else cls()
+        if out.kind not in KINDS:
+            out.kind = "local"
+        return out
+
+    def save(self) -> None:
+        from hlip_engine.atomic import atomic_write_json
+
+        atomic_write_json(self.path(), asdict(self), indent=1)

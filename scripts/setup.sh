@@ -10,7 +10,7 @@ stamp=.venv/.hlip-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c
 # Debian libraries for Qt (xcb) and Mesa under Xvfb; a real PACS (Orthanc + DICOMweb) and the reference
 # DIMSE tools (dcmtk) for the PACS tests, which start and stop their own servers on loopback; libxtst6 for
 # bench/gui_latency.py's pointer (XTest).
-DEB_PKGS="xvfb xauth libgl1 libgl1-mesa-dri libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0
+DEB_PKGS="xvfb dicom3tools xauth libgl1 libgl1-mesa-dri libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0
  libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0
  libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1 libx11-xcb1 libxtst6
  orthanc orthanc-dicomweb dcmtk"
@@ -43,6 +43,24 @@ if ! $VPY -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "setup: installing hlip-napari and its test tools into .venv/"
-$VPY -m pip install -q -e ".[engine,test]"
+$VPY -m pip install -q -e ".[engine,test,pyqt6]"
 rm -f .venv/.hlip-setup-*
 touch "$stamp"
+
+# The plugin tests also run on the lowest napari the plugin declares (pyproject: napari>=...): a second
+# environment with that napari (and what it needs) first on the path, then .venv's packages (torch, the
+# engine) through a .pth file. ./test.sh runs tests/napari in it.
+NAPARI_LOW=$(.venv/bin/python -c "import re,tomllib;d=tomllib.load(open('pyproject.toml','rb'));print(next(re.search(r'>=([0-9.]+)',x).group(1) for x in d['project']['dependencies'] if x.startswith('napari')))")
+low_stamp=.venv-napari-low/.hlip-napari-$NAPARI_LOW-$(cat pyproject.toml | sha1sum | cut -c1-12)
+if [ ! -f "$low_stamp" ]; then
+  echo "setup: a second environment with napari $NAPARI_LOW for the plugin tests (.venv-napari-low/)"
+  rm -rf .venv-napari-low
+  "$PY" -m venv .venv-napari-low
+  .venv-napari-low/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv-napari-low/bin/python -m pip install -q "napari==$NAPARI_LOW" "PyQt6>=6.5" pytest pytest-qt hypothesis \
+    pytest-timeout imageio
+  low_site=$(.venv-napari-low/bin/python -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+  .venv/bin/python -c "import sysconfig;print(sysconfig.get_paths()['purelib'])" > "$low_site/zz_hlip_main_venv.pth"
+  pwd >> "$low_site/zz_hlip_main_venv.pth"
+  touch "$low_stamp"
+fi

@@ -160,7 +160,7 @@ def test_file_open_prefers_this_reader_and_a_bad_folder_changes_nothing(tmp_path
     assert get_preferred_reader(str(tmp_path / "scan.nii.gz")) == "hlip-napari"
     assert prefer_for_studies() == []  # idempotent
 
-    viewer.open(str(folder))  # the preferred reader, as File > Open picks it
+    viewer.open(str(folder), plugin=get_preferred_reader(str(folder)))  # as File > Open picks the reader
     assert len(viewer.layers) == 2
     assert {layer.metadata["orientation"] for layer in viewer.layers} == {"axial", "sagittal"}
     study = on_screen(viewer).study
@@ -172,7 +172,7 @@ def test_file_open_prefers_this_reader_and_a_bad_folder_changes_nothing(tmp_path
     (bad / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
     messages = []
     notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
-    viewer.open(str(bad))
+    viewer.open(str(bad), plugin=get_preferred_reader(str(bad)))
     qtbot.waitUntil(lambda: any(str(bad) in m for m in messages), timeout=30000)
     assert len(viewer.layers) == 2 and on_screen(viewer).study is study  # the study on screen stays
     assert str(bad) in on_screen(viewer).last_failure

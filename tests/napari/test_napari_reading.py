@@ -74,7 +74,7 @@ def test_a_second_study_replaces_the_first_and_every_layer_says_whose(tmp_path, 
         assert layer.name.startswith(study_label(mr) + " · "), layer.name
         assert layer.metadata["series_uid"] in {s.series_uid for s in mr.scans}
         assert [str(u) for u in layer.units] == ["millimeter"] * 3
-    assert viewer.scale_bar.visible
+    assert viewer.canvas.overlays["scale_bar"].visible
     extent = np.asarray(viewer.layers.extent.world)[:, -3:]  # Reset view frames this study only
     mr_extent = np.asarray([np.min([x.extent.world[0] for x in viewer.layers], axis=0),
                             np.max([x.extent.world[1] for x in viewer.layers], axis=0)])

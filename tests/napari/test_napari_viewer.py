@@ -12,7 +12,7 @@ from qtpy.QtCore import Qt
 
 from hlip_napari._launch import OPTIONAL_WIDGETS, WIDGETS, dock_widgets, launch, save_screenshot
 from hlip_napari._layers import window_limits
-from hlip_napari._view import scan_layers
+from hlip_napari._view import camera, scan_layers
 
 
 def test_npe2_manifest_is_discovered_and_valid():
@@ -85,7 +85,7 @@ def test_sample_study_opens_and_plane_buttons_hang_it(make_napari_viewer, screen
         viewer.add_image(data, **kwargs)
     assert widgets["Study browser"].table.rowCount() == len(layer_data)
     show_plane(viewer, "sagittal")
-    assert tuple(viewer.dims.order) == (2, 0, 1) and viewer.camera.orientation2d == ("up", "right")
+    assert tuple(viewer.dims.order) == (2, 0, 1) and camera(viewer).orientation2d == ("up", "right")
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert_not_blank(shot, "sagittal sample")
     save_screenshot(viewer, screenshot_dir / "sample_sagittal.png")
