@@ -17,7 +17,7 @@ from . import commands
 from .study import StudyLoadError
 
 # What `pip install "hlip-napari[engine]"` adds to the client install (pyproject's engine extra), by import name.
-ENGINE_MODULES = ("torch", "transformers", "safetensors", "faiss", "fastapi", "uvicorn", "multipart",
+ENGINE_MODULES = ("torch", "transformers", "safetensors", "faiss", "fastapi", "uvicorn", "multipart", "highdicom",
                   "SimpleITK", "nilearn")
 
 

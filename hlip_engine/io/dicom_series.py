@@ -26,6 +26,7 @@ _NON_IMAGE_SOP = {
     "1.2.840.10008.5.1.4.1.1.9.": "waveform",
     "1.2.840.10008.5.1.4.1.1.66": "raw data / registration / segmentation object",
     "1.2.840.10008.5.1.4.1.1.67": "real world value mapping",
+    "1.2.840.10008.5.1.4.1.1.30": "parametric map (a derived result, such as an HLIP relevance map)",
 }
 _NON_IMAGE_MODALITY = {"SR": "structured report", "PR": "presentation state", "KO": "key object selection",
                        "RTSTRUCT": "radiotherapy structure set", "RTPLAN": "radiotherapy plan",

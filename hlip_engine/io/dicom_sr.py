@@ -46,6 +46,9 @@ def report_sections(ds) -> list[tuple[str, str]]:
     return out
 
 
+ALGORITHM_MANUFACTURER = "HLIP Explorer"  # what `hlip report` writes as Manufacturer of its SR and maps
+
+
 def read_sr_report(path: str | Path) -> dict | None:
     """The report in the SR file ``path``; None when it is not an SR or holds no text."""
     import pydicom
@@ -56,6 +59,8 @@ def read_sr_report(path: str | Path) -> dict | None:
     except (InvalidDicomError, OSError, ValueError, AttributeError, TypeError):
         return None
     if not str(ds.get("SOPClassUID", "")).startswith(SR_SOP_PREFIX) and ds.get("Modality") != "SR":
+        return None
+    if str(ds.get("Manufacturer", "")) == ALGORITHM_MANUFACTURER:  # HLIP Explorer's own result, not a report
         return None
     sections = report_sections(ds)
     if not sections:
