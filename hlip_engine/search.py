@@ -5,6 +5,14 @@
     hits = search(index, study_vector(index, model, study), k=20, exclude=[row])   # "more like this"
     hits[0].score, hits[0].row, hits[0].meta["path"]
 
+    doc = search_document(index, model, text="acute left MCA infarct", k=20)    # the answer every front end
+    doc = search_document(index, model, like=study, k=20)                       # gives: {query, index, size,
+                                                                                 #  hits: [Hit.as_dict()]}
+
+"More like this" is one rule everywhere (``like_query``): a study of the index (found by its path or its
+StudyInstanceUID) is searched with its stored vector and never returned itself; any other study is
+encoded as the index encoded its studies. So the CLI, the server and the plugin give the same hits.
+
 A study is encoded for search the way the index encoded its studies: with the preprocessing recipe and
 input grid the index recorded (``hlip index build --recipe`` may differ from the model's own), through
 ``encode_prepared``, the one encoding that ``hlip index build`` and ``hlip embed`` use too. Embeddings
@@ -145,3 +153,80 @@ def search(index, vector: np.ndarray, k: int = 10, filters: Mapping[str, Any] | 
     keep = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if int(i) >= 0]
     metas = index.metadata([i for _s, i in keep]) if keep else []
     return [Hit(i, s, dict(m)) for (s, i), m in zip(keep, metas) if m]
+
+
+# --- the answer -------------------------------------------------------------------------------------------
+def study_label(study, fallback: str = "") -> str:
+    """How an answer names a study: its StudyInstanceUID, else ``fallback``, else where it was read from (a
+    path or UID given as text is its own name)."""
+    if isinstance(study, (str, Path)):
+        return str(study)
+    return str(getattr(study, "uid", "") or fallback or getattr(study, "source", "") or "")
+
+
+def text_label(text: str) -> str:
+    """How an answer names a free-text query."""
+    return repr(str(text).strip())
+
+
+@dataclass(frozen=True)
+class LikeQuery:
+    """"More like this", resolved against an index: the stored vector of a study of the index (None: the
+    study is not in it, encode it with :func:`study_vector`), the rows never returned, the query's name."""
+
+    vector: np.ndarray | None
+    exclude: tuple[int, ...]
+    label: str
+
+
+def like_query(index, study, *, label: str = "") -> LikeQuery:
+    """Resolve "more like ``study``" (a Study, a path or a StudyInstanceUID) without encoding anything: a study
+    of the index gives its stored vector and its own row to exclude, named by its path and description; any
+    other gives no vector, named by :func:`study_label` (``label``: its name when it has no UID)."""
+    row = stored_row(index, study)
+    if row is None:
+        return LikeQuery(None, (), f"studies like {study_label(study, label)}")
+    meta = index.metadata([row])[0] or {}
+    name = meta.get("description") or meta.get("study_uid") or ""
+    return LikeQuery(np.asarray(index.vectors([row]), dtype=np.float32), (int(row),),
+                     f"studies like {meta.get('path', '')}" + (f" ({name})" if name else ""))
+
+
+def hits_document(index, vector: np.ndarray, *, query: str, k: int = 10, filters: Mapping[str, Any] | None = None,
+                  exclude: Sequence[int] = (), index_name: str | Path | None = None) -> dict[str, Any]:
+    """The search answer for a query vector: ``{"query", "index", "size", "hits"}`` with the hits of
+    :func:`search` as :meth:`Hit.as_dict` rows (``index_name``: how the index is named, default its folder)."""
+    hits = search(index, vector, k, filters, exclude=exclude)
+    name = index_name if index_name is not None else getattr(index, "root", "")
+    return {"query": query, "index": str(name), "size": len(index), "hits": [h.as_dict() for h in hits]}
+
+
+def search_document(index, model=None, *, text: str | None = None, like=None, k: int = 10,
+                    filters: Mapping[str, Any] | None = None, plain: bool = False,
+                    index_name: str | Path | None = None) -> dict[str, Any]:
+    """The search answer (``hlip search --json``, ``POST /v1/search``, the napari Search widget) for free
+    ``text`` or "more like" a study (``like``: a Study, or a path / StudyInstanceUID, read from disk when it
+    is not in the index), by the rule of :func:`like_query`. ``model`` encodes the text or a study the index
+    does not hold (the index's model: other weights are refused); ``plain``: plain cosine to the text."""
+    if (text is None) == (like is None):
+        raise ValueError("give either free text to search for, or a study to find others like (not both, "
+                         "not neither)")
+    if text is not None:
+        if model is None:
+            raise ValueError("a text query needs the index's model")
+        return hits_document(index, text_vector(model, text, centre=not plain), query=text_label(text), k=k,
+                             filters=filters, index_name=index_name)
+    asked = like_query(index, like)
+    if asked.vector is None and isinstance(like, (str, Path)):  # a folder or file: its UID may be indexed
+        from hlip_engine.io import load_study
+
+        path = str(like)
+        like = load_study(path)
+        asked = like_query(index, like, label=path)
+    vector = asked.vector
+    if vector is None:
+        if model is None:
+            raise ValueError("a study that is not in the index needs the index's model to encode it")
+        vector = study_vector(index, model, like)
+    return hits_document(index, vector, query=asked.label, k=k, filters=filters, exclude=asked.exclude,
+                         index_name=index_name)

@@ -6,6 +6,15 @@ Two modes: ``softmax`` over the classes (Pub-Brain-5), or ``binary`` -- one (neg
 per class, probability = softmax over the pair's positive side (CT-RATE, RSNA / CQ500 style).
 Prompt sets are data: ``hlip_engine/data/prompt_sets.json``. Torch loads only when vectors are computed,
 so the GUI reads and resolves prompt sets through this module at start-up.
+
+Every front end asks the same way and gets the same answer: ``default_prompt_set(config, study)`` is the
+prompt set a model and a study call for when the reader names none, ``classifier_request`` turns what the
+reader named (or nothing) into ``build_classifier``'s arguments, and ``zeroshot_document`` is the answer
+(``hlip zeroshot --json``, ``POST /v1/zeroshot``, the napari widget):
+
+    doc = zeroshot_document(model, study, embedding)                          # the model's default set
+    doc = zeroshot_document(model, study, embedding, prompt_set="pub-brain-5")
+    doc["probabilities"]  # {class: p}; also "study", "model", "mode", "prompt_set"
 """
 from __future__ import annotations
 
@@ -102,6 +111,90 @@ def model_zeroshot(config: dict) -> dict:
         return dict(get_config(name).get("zeroshot") or {})
     except ValueError:  # an architecture not registered here
         return {}
+
+
+CT_HEAD_SET, CT_BODY_SET, MR_SET = "head-ct-hemorrhage", "ct-rate", "pub-brain-5"
+
+
+def default_prompt_set(config: dict, study=None) -> tuple[str, dict, str]:
+    """The prompt set to use when the reader names none: (name, spec as :func:`resolve_prompt_set` gives
+    it, why in a few words).
+
+    A model's config may name it (``"zeroshot": {"prompt_set": NAME or {classes, templates, ...},
+    "template": "..."}``); a checkpoint saved before its config had one falls back to the registered config
+    of the same name (:func:`model_zeroshot`). Otherwise the study decides: a CT study gets a CT set (a
+    head: hemorrhage, else CT-RATE), anything else the paper's brain MRI set (pub-brain-5). The config's
+    ``template``, when it has one, replaces the set's templates.
+    """
+    block = model_zeroshot(config)
+    chosen = block.get("prompt_set")
+    if isinstance(chosen, dict):
+        spec, name, why = dict(chosen), str(chosen.get("name", "model prompts")), "the model's own prompt set"
+    elif isinstance(chosen, str) and chosen:
+        spec, name, why = resolve_prompt_set(chosen), chosen, "the model's default prompt set"
+    else:
+        from . import windows
+
+        modality = (getattr(study, "modality", "") or "").upper()
+        if modality == "CT":
+            name = CT_HEAD_SET if study is not None and study.scans and windows.body_part(study) == "head" \
+                else CT_BODY_SET
+            why = "a CT study"
+        else:
+            name, why = MR_SET, "an MR study" if modality == "MR" else "the paper's brain MRI set"
+        spec = resolve_prompt_set(name)
+    if block.get("template"):
+        spec["templates"] = [str(block["template"])]
+    return name, spec, why
+
+
+def classifier_request(config: dict, study=None, *, prompt_set: str | dict | None = None, prompts=None,
+                       templates: list[str] | None = None, mode: str | None = None,
+                       template_set: str | None = None) -> tuple[dict, str | None, str]:
+    """What the reader asked for -> (``build_classifier`` keyword arguments, the prompt set's name or None
+    for free prompts, why that set: "" unless it is the default).
+
+    With neither ``prompt_set`` nor ``prompts``, the model's default set for ``study``
+    (:func:`default_prompt_set`); ``templates``, ``mode`` and ``template_set`` apply to it as to any set.
+    No model needed: a server checks a request before its study has arrived."""
+    if prompt_set is not None and prompts is not None:
+        raise ValueError("give a prompt set or prompts, not both")
+    why = ""
+    if prompt_set is None and prompts is None:
+        name, prompt_set, why = default_prompt_set(config, study)
+    elif isinstance(prompt_set, dict):
+        name = str(prompt_set.get("name") or "prompts")
+    else:
+        name = prompt_set
+    request = {"prompt_set": prompt_set, "prompts": prompts, "templates": templates or None, "mode": mode,
+               "template_set": template_set}
+    return request, name, why
+
+
+def zeroshot_document(model, study, embedding, *, classifier: Classifier | None = None, label: str = "",
+                      **asked) -> dict:
+    """The zero-shot answer for one study, as every front end gives it: ``{"study", "model", "mode",
+    "prompt_set", "probabilities"}`` (``prompt_set``: the set's name, None for free prompts; with neither a
+    set nor prompts asked, the model's default set and ``"default_because"``: why that one).
+
+    embedding: the study's L2-normalised embedding [E] (the model's own recipe: ``model.prepare`` +
+    ``search.encode_prepared``). asked: ``prompt_set``, ``prompts``, ``templates``, ``mode``,
+    ``template_set`` as :func:`build_classifier` takes them. classifier: one already built for this
+    question (a server keeps them); then ``asked`` only names it. label: the study's name when it has no
+    StudyInstanceUID (default: where it was read from)."""
+    import torch
+
+    from .search import study_label
+
+    request, name, why = classifier_request(model.config, study, **asked)
+    if classifier is None:
+        classifier = build_classifier(model, **request)
+    probs = classifier.classify(torch.as_tensor(embedding, dtype=torch.float32).reshape(-1))
+    doc = {"study": study_label(study, label), "model": model.config.get("name"), "mode": classifier.mode,
+           "prompt_set": name, "probabilities": probs}
+    if why:
+        doc["default_because"] = why
+    return doc
 
 
 def _fill(templates: list[str], prompts: list[str]) -> list[str]:

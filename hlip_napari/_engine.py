@@ -29,7 +29,7 @@ import numpy as np
 
 from hlip_engine.remote import EngineError, RemoteEngine
 
-from .settings import EngineSettings, ModelSettings
+from .settings import KINDS, EngineSettings, ModelSettings  # noqa: F401 - KINDS: the widgets name the engine kinds from here
 
 LABELS = {"local": "this computer", "server": "server"}
 KEYRING_SERVICE = "hlip-napari"
@@ -151,22 +151,17 @@ class LocalEngine:
 
     def search(self, query, *, k: int = 10, index_path: str | None = None, modality=None, date_from=None,
                date_to=None, plain: bool = False) -> dict[str, Any]:
-        from hlip_engine import search as retrieval
+        """The engine's search document (as ``hlip search --json`` and the server give it), for free text or
+        "more like" a study, plus the seconds it took here."""
+        from hlip_engine.search import search_document
 
-        model, index = self.model, self._index(index_path)
         t0 = time.perf_counter()
-        exclude: list[int] = []
-        if isinstance(query, str):
-            vec, what = retrieval.text_vector(model, query, centre=not plain), repr(query.strip())
-        else:  # "more like this": a Study, never returned itself
-            vec = retrieval.study_vector(index, model, query)
-            row = retrieval.stored_row(index, query)
-            exclude = [row] if row is not None else []
-            what = f"studies like {getattr(query, 'uid', '') or getattr(query, 'source', '')}"
         filters = {"modality": modality, "date_from": date_from, "date_to": date_to}
-        hits = [h.as_dict() for h in retrieval.search(index, vec, k, filters, exclude=exclude)]
-        return {"query": what, "index": str(index_path or self.settings.index), "hits": hits,
-                "size": len(index), "seconds": time.perf_counter() - t0}
+        asked = {"text": query} if isinstance(query, str) else {"like": query}
+        doc = search_document(self._index(index_path), self.model, k=k, filters=filters, plain=plain,
+                              index_name=str(index_path or self.settings.index), **asked)
+        doc["seconds"] = time.perf_counter() - t0
+        return doc
 
     def embed(self, study) -> np.ndarray:
         """As ``hlip embed`` / the server: the model's recipe, then ``encode_prepared``; once per study and
@@ -177,18 +172,16 @@ class LocalEngine:
 
     def zeroshot(self, study, *, prompts=None, prompt_set: str | None = None, templates=None, mode=None,
                  template_set: str | None = None) -> dict[str, Any]:
+        """The engine's zero-shot document (as ``hlip zeroshot --json`` and the server give it); with no
+        prompts and no prompt set, the model's default set."""
         import torch
 
-        from hlip_engine.zeroshot import build_classifier
+        from hlip_engine.zeroshot import zeroshot_document
 
-        model = self.model
-        embedding = torch.from_numpy(np.asarray(self.embed(study)))
+        embedding = np.asarray(self.embed(study))
         with torch.inference_mode():
-            clf = build_classifier(model, prompt_set=prompt_set, prompts=prompts, templates=templates or None,
-                                   mode=mode, template_set=template_set)
-            probs = clf.classify(embedding)
-        return {"study": getattr(study, "uid", "") or str(getattr(study, "source", "")),
-                "model": model.config.get("name"), "mode": clf.mode, "probabilities": probs}
+            return zeroshot_document(self.model, study, embedding, prompt_set=prompt_set, prompts=prompts,
+                                     templates=templates or None, mode=mode, template_set=template_set)
 
     def relevance(self, study, prompt, *, templates=None, method: str | None = None, output: int = 0):
         from hlip_engine.relevance import relevance

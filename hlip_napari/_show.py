@@ -18,12 +18,13 @@ import weakref
 
 from hlip_engine.study import Study, StudyLoadError
 
-from ._layers import KIND_KEY, announce_study, study_layer_data, study_of
+from ._layers import KIND_KEY, STUDY_KEY, announce_study, study_label, study_layer_data, study_of
 from ._on_screen import on_screen
 from ._reading import reading
 from ._view import mid_study, plugin_layers, scan_layers, unwrap
 
 _WATCHED: weakref.WeakSet = weakref.WeakSet()
+_OPENING: set[int] = set()  # viewers whose switch :func:`show_study` ends itself (after its batch of layers)
 
 
 def watch(viewer) -> None:
@@ -65,7 +66,8 @@ def _arrived(viewer, layer) -> None:
     if study is not screen.study and study is not screen.incoming:
         screen.begin(study)
         close_other_studies(viewer, study)
-    if study is screen.incoming and len(scan_layers(viewer, study)) >= len(study.scans):
+    if (study is screen.incoming and id(viewer) not in _OPENING
+            and len(scan_layers(viewer, study)) >= len(study.scans)):
         _finish(viewer, study)
 
 
@@ -85,14 +87,32 @@ def _finish(viewer, study: Study) -> None:
     on_screen(viewer).show(study)
 
 
-def close_other_studies(viewer, keep: Study | None) -> int:
-    """Remove the layers of every study but ``keep`` (scans, overlays, rulers, crosshairs): one patient on
-    screen. Layers that are not the plugin's stay. Returns how many went."""
-    gone = [x for x in viewer.layers if study_of(x) is not None and study_of(x) is not keep]
-    for layer in gone:
-        if layer in viewer.layers:
+def close_other_studies(viewer, keep: Study | None, batch: bool = True) -> int:
+    """Remove the layers of every study but ``keep`` (scans, overlays, rulers): one patient on screen. The
+    3-up's crosshair moves on to ``keep`` (it is redrawn for it). Layers that are not the plugin's stay.
+    ``batch``: in one ``batched_update`` (napari updates its scene, and collects garbage, once). Returns how
+    many went."""
+    others = [x for x in viewer.layers if study_of(x) is not None and study_of(x) is not keep]
+    if keep is not None:
+        for layer in [x for x in others if (x.metadata or {}).get(KIND_KEY) == "crosshair"]:
+            relabel(layer, keep)
+            others.remove(layer)
+    if not others:
+        return 0
+    if not batch:
+        for layer in others:
             viewer.layers.remove(layer)
-    return len(gone)
+        return len(others)
+    with viewer.layers.batched_update():
+        for layer in others:
+            viewer.layers.remove(layer)
+    return len(others)
+
+
+def relabel(layer, study: Study) -> None:
+    """A layer that outlives the study it was made for (the 3-up crosshair) now belongs to ``study``."""
+    layer.metadata.update({STUDY_KEY: study, "study_uid": study.uid, "study_label": study_label(study)})
+    layer.name = f"{study_label(study)} · {layer.name.split(' · ', 1)[-1]}"
 
 
 def show_study(viewer, studies) -> list:
@@ -110,9 +130,14 @@ def show_study(viewer, studies) -> list:
     watch(viewer)
     screen = on_screen(viewer)
     screen.begin(study)
-    close_other_studies(viewer, study)
-    layers = [viewer.add_image(voxels, **kwargs) for voxels, kwargs, _kind in data]
-    if screen.incoming is study:  # (the inserted hook ends it once the last scan is in)
+    _OPENING.add(id(viewer))
+    try:
+        with viewer.layers.batched_update():  # one scene update for the closed study's layers and the new
+            close_other_studies(viewer, study, batch=False)
+            layers = [viewer.add_image(voxels, **kwargs) for voxels, kwargs, _kind in data]
+    finally:
+        _OPENING.discard(id(viewer))
+    if screen.incoming is study:
         _finish(viewer, study)
     announce_study(study, others)
     return layers

@@ -9,6 +9,9 @@ The text (or the study) is encoded by the model recorded in the index (--model t
 weights elsewhere); embeddings of another model are not comparable and are refused.
 A text query is centred on typical queries of the model's domain (HLIPModel.encode_query): studies rank
 by how much more they match it than they match typical queries; --plain ranks by plain cosine.
+--like: a study of the index (its path, its StudyInstanceUID, or a folder holding a study with that UID) is
+searched with its stored vector and never listed itself, as the server and the napari plugin do
+(``hlip_engine.search.like_query``). --json prints ``hlip_engine.search.search_document``.
 """
 from __future__ import annotations
 
@@ -46,26 +49,23 @@ def run(args) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
     index = StudyIndex.open(args.index_dir)
-    exclude: list[int] = []
-    if args.like:
-        row = retrieval.stored_row(index, args.like)
-        if row is not None:  # a study of the index: its stored vector, never itself
-            meta = index.metadata([row])[0]
-            query, exclude = index.vectors([row]), [row]
-            what = f"studies like {meta['path']} ({meta.get('description') or meta['study_uid']})"
-        else:
-            from hlip_engine.io import load_study
+    like, model = args.like, None  # the model loads only when something must be encoded
+    if text:
+        model = _model_of(index, args)
+    elif retrieval.like_query(index, like).vector is None:  # not a path or UID of the index: read the study
+        from hlip_engine.io import load_study
 
-            query, what = retrieval.study_vector(index, _model_of(index, args), load_study(args.like)), \
-                f"studies like {args.like}"
-    else:
-        query, what = retrieval.text_vector(_model_of(index, args), text, centre=not args.plain), repr(text)
+        like = load_study(like)
+        if retrieval.like_query(index, like).vector is None:  # nor its StudyInstanceUID: encode it
+            model = _model_of(index, args)
     filters = {"modality": args.modality, "date_from": args.date_from, "date_to": args.date_to}
-    hits = [h.as_dict() for h in retrieval.search(index, query, args.k, filters, exclude=exclude)]
+    doc = retrieval.search_document(index, model, text=text or None, like=like, k=args.k, filters=filters,
+                                    plain=args.plain, index_name=args.index_dir)
     if args.json:
-        print(json.dumps({"query": what, "index": str(args.index_dir), "hits": hits}, indent=2))
+        print(json.dumps(doc, indent=2))
         return 0
-    print(f"{len(hits)} of {len(index)} studies for {what}", file=sys.stderr)
+    hits = doc["hits"]
+    print(f"{len(hits)} of {doc['size']} studies for {doc['query']}", file=sys.stderr)
     for rank, h in enumerate(hits, 1):
         date = f"{h['date'][:4]}-{h['date'][4:6]}-{h['date'][6:]}" if h.get("date") else "?"
         print(f"{rank:3d}  {h['score']:.4f}  {date:10s}  {h.get('modality') or '?':3s}  "

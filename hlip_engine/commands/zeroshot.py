@@ -5,6 +5,11 @@ Examples:
   hlip zeroshot brain.nii.gz --model m.safetensors --prompts "glioma" "meningioma" "metastasis" \\
       --template "This MRI study shows: {}." --chart probs.png
   hlip zeroshot ct_study/ --model m.pt --prompt-set head-ct-hemorrhage --json
+  hlip zeroshot /data/study_0001 --model hlip_demo.safetensors      # the model's default set for the study
+
+Without --prompt-set or --prompts, the model's default prompt set for the study is used (its config's own,
+else a CT or brain MRI set by the study: ``hlip_engine.zeroshot.default_prompt_set``), as the napari
+widget and the server do. --json prints ``hlip_engine.zeroshot.zeroshot_document``.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ HELP = "zero-shot class probabilities for one study (prompt set or free prompts)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="DICOM folder, NIfTI file/folder or HLIP tensor folder")
     add_model_arguments(p)
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--prompt-set", default=None, metavar="NAME",
-                       help="a prompt set of the paper (pub-brain-5, ct-rate, rad-chestct, head-ct-hemorrhage)")
+                       help="a prompt set of the paper (pub-brain-5, ct-rate, rad-chestct, head-ct-hemorrhage); "
+                            "default: the model's default set for the study")
     which.add_argument("--prompts", nargs="+", default=None, metavar="TEXT", help="free-text classes (softmax)")
     p.add_argument("--template", action="append", default=None,
                    help="template with {} for the class, repeatable (default: the set's, or the prompt as is)")
@@ -34,25 +40,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     import json
+    import sys
 
-    from hlip_engine.zeroshot import bar_chart, build_classifier, text_bars
+    from hlip_engine.zeroshot import bar_chart, text_bars, zeroshot_document
 
     from .embed import load_and_embed
 
     model, study, prepared, embedding = load_and_embed(args)
-    classifier = build_classifier(model, prompt_set=args.prompt_set, prompts=args.prompts,
-                                  templates=args.template, mode=args.mode, template_set=args.template_set)
-    probs = classifier.classify(embedding)
-    label = study.uid or study.source
+    doc = zeroshot_document(model, study, embedding, prompt_set=args.prompt_set, prompts=args.prompts,
+                            templates=args.template, mode=args.mode, template_set=args.template_set)
+    probs, binary = doc["probabilities"], doc["mode"] == "binary"
     if args.json:
-        print(json.dumps({"study": label, "model": model.config.get("name"), "mode": classifier.mode,
-                          "probabilities": probs}, indent=2))
+        print(json.dumps(doc, indent=2))
     else:
-        what = "P(positive) per class" if classifier.mode == "binary" else "softmax over classes"
-        print(f"study {label}: {len(prepared.scan_indices)} model scans; {what}")
+        if doc.get("default_because"):
+            print(f"prompt set {doc['prompt_set']} ({doc['default_because']}; --prompt-set or --prompts to choose)",
+                  file=sys.stderr)
+        what = "P(positive) per class" if binary else "softmax over classes"
+        print(f"study {doc['study']}: {len(prepared.scan_indices)} model scans; {what}")
         print(text_bars(probs))
     if args.chart:
-        title = f"{args.prompt_set or 'prompts'} - {label}"
-        bar_chart(probs, args.chart, title=title,
-                  xlabel="P(positive)" if classifier.mode == "binary" else "probability")
+        bar_chart(probs, args.chart, title=f"{doc['prompt_set'] or 'prompts'} - {doc['study']}",
+                  xlabel="P(positive)" if binary else "probability")
     return 0

@@ -22,7 +22,7 @@ from .quality import (
     zeroshot_auc,
 )
 
-DEMO_SEED = 2026  # the demo library's seed: never used to train the demo model (see README)
+DEMO_SEED = 2026  # the demo library's seed: never used to train the demo model (see docs/demo-model.md)
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "weights" / "hlip_demo.safetensors"
 
 
@@ -40,22 +40,42 @@ def ensure_library(folder: Path, n: int, seed: int = DEMO_SEED) -> list[dict]:
 
 
 def ensure_index(library: Path, model_path: Path, index_dir: Path):
+    """The demo index of ``library``: built once with the library's reports (``reports.json``), so that every
+    search hit carries its impression, then reused. Rebuilt when another model built it, when it is
+    unreadable, or when it was built without the reports (a demo index of an older version)."""
     from ..index import StudyIndex
-    from ..index.build import build_library
+    from ..index.embed_pipeline import build_library
     from ..index.files import IndexFormatError
+
+    reports = library / "reports.json"
+    reports = reports if reports.is_file() else None
 
     def build(rebuild: bool):
         return build_library(library, model_path, index_dir, resume=not rebuild, rebuild=rebuild, workers=2,
-                             progress=True, log=lambda *a: None)
+                             progress=True, log=lambda *a: None, reports=reports)
 
+    rebuild = reports is not None and _lacks_impressions(index_dir)
+    if rebuild:
+        print(f"  rebuilding the demo index at {index_dir} (built without the library's reports)")
     try:
-        report = build(rebuild=False)
+        report = build(rebuild=rebuild)
     except IndexFormatError:  # the demo's own index, built with another model (an update) or unreadable
         print(f"  rebuilding the demo index at {index_dir} (built with another model, or unreadable)")
         report = build(rebuild=True)
     if getattr(report, "skipped", None):
         print(f"  skipped {len(report.skipped)} studies (see `hlip index` report)")
     return StudyIndex.open(index_dir)
+
+
+def _lacks_impressions(index_dir: Path) -> bool:
+    """Whether a published index at ``index_dir`` holds a study without an impression (False: none there)."""
+    from ..index import StudyIndex
+
+    try:
+        with StudyIndex.open(index_dir) as index:
+            return any(not (meta or {}).get("impression") for meta in index.metadata(list(range(len(index)))))
+    except Exception:  # noqa: BLE001 - nothing published yet, or unreadable: the build decides what to do
+        return False
 
 
 def _headline(record: dict) -> str:
@@ -84,19 +104,22 @@ def run(out: Path, n: int = 40, evaluate: bool = False, gui: bool = False, model
     index = ensure_index(out / "library", model_path, out / "index")
     print(f"  {len(index)} studies in the index at {out / 'index'}")
 
+    from ..search import search_document
+
     results: dict = {"searches": {}}
-    print("\nFree-text search (top 5; the truth in brackets):")
+    print("\nFree-text search (top 5; the truth in brackets, then the report's impression):")
     for query, _ in SEARCHES[:3]:
-        with torch.no_grad():
-            text = model.encode_query([query]).float().cpu().numpy()
-        scores, ids = index.search(text, 5)
+        doc = search_document(index, model, text=query, k=5)  # what `hlip search --json` prints
         print(f'  "{query}"')
         hits = []
-        for score, meta in zip(scores[0], index.metadata(ids[0])):
-            rec = by_uid.get(meta["study_uid"], {})
+        for hit in doc["hits"]:
+            rec = by_uid.get(hit["study_uid"], {})
             truth = _headline(rec) if rec else "?"
-            print(f"    {score:6.3f}  {meta.get('date', '')}  {meta.get('description', '')[:28]:28s}  [{truth}]")
-            hits.append({"score": float(score), "study_uid": meta["study_uid"], "truth": truth})
+            impression = hit.get("impression") or ""
+            print(f"    {hit['score']:6.3f}  {hit.get('date', '')}  {hit.get('description', '')[:28]:28s}  [{truth}]"
+                  f"  {impression[:60]}")
+            hits.append({"score": float(hit["score"]), "study_uid": hit["study_uid"], "truth": truth,
+                         "impression": impression})
         results["searches"][query] = hits
 
     # zero-shot and relevance on the first tumour study (a finding with a place to point at)

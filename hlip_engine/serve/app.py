@@ -209,7 +209,8 @@ def create_app(engine: Engine) -> FastAPI:
                        template: Annotated[list[Text] | None, Query(max_length=16)] = None,
                        mode: Annotated[str | None, Query(pattern="^(softmax|binary)$")] = None,
                        template_set: Annotated[str | None, Query(max_length=64)] = None) -> dict:
-        """The ``hlip zeroshot --json`` document (``probabilities``) for the study in the body."""
+        """The ``hlip zeroshot --json`` document (``probabilities``) for the study in the body; without
+        prompt, prompt_set or classes, the model's default prompt set for the study."""
         spec = _classifier_spec(prompt, prompt_set, classes, template, mode, template_set)
         return await with_study(request, lambda source: engine.zeroshot(source, spec))
 
@@ -246,13 +247,17 @@ def create_app(engine: Engine) -> FastAPI:
         """The study's L2-normalised embedding (what ``hlip embed`` prints), with the model's name and recipe."""
         return await with_study(request, engine.embed)
 
+    from hlip_engine.triage.stow import add_stow_routes
+
+    add_stow_routes(app, auth, engine.config)  # STOW-RS into the listener's spool (hlip listen)
     return app
 
 
 def _classifier_spec(prompt, prompt_set, classes, template, mode, template_set) -> dict:
     given = [x for x in (prompt, prompt_set, classes) if x]
-    if len(given) != 1:
-        raise ClientError(422, "give prompts: prompt=A&prompt=B, prompt_set=NAME or classes={json} (exactly one)")
+    if len(given) > 1:  # none: the model's default prompt set for the study
+        raise ClientError(422, "give prompts: prompt=A&prompt=B, prompt_set=NAME or classes={json} (one of them, "
+                               "or none for the model's default set)")
     if prompt is not None and any(not p.strip() or len(p) > 2000 for p in prompt):
         raise ClientError(422, "prompt: each must be 1-2000 characters of text")
     prompts: Any = prompt

@@ -1,8 +1,9 @@
 """What ``hlip serve`` holds: the model, the index, the model thread, the pools, and the questions.
 
 Every answer is computed by the engine functions the CLI calls (``hlip_engine.search``,
-``hlip_engine.zeroshot``, ``hlip_engine.relevance``, ``Model.prepare`` + ``search.encode_prepared``) and
-shaped like the CLI's ``--json`` document, so one parser reads both. This module only schedules:
+``hlip_engine.zeroshot``, ``hlip_engine.relevance``, ``Model.prepare`` + ``search.encode_prepared``); the
+search and zero-shot answers are the CLI's ``--json`` documents, built by the same functions
+(``search.hits_document`` / ``search.like_query``, ``zeroshot.zeroshot_document``). This module only schedules:
 
 - CPU work on a request's study (unpacking, reading DICOM, preprocessing) in a pool of ``workers`` threads;
 - the image tower on one model thread (:class:`~hlip_engine.serve.worker.ModelWorker`, micro-batched);
@@ -253,12 +254,14 @@ class Engine:
         return await self.on_prep(self._load_and_prepare, source, for_index)
 
     # --- search -----------------------------------------------------------------------------------
-    def _search(self, vector, k: int, filters: dict, exclude: list[int]) -> list[dict]:
+    def _document(self, vector, query: str, k: int, filters: dict, exclude) -> dict:
+        """``search.hits_document`` (the CLI's ``--json`` document) under the index lock; bad filters are 422."""
         from hlip_engine import search as retrieval
 
         with self.index_lock:
             try:
-                return [h.as_dict() for h in retrieval.search(self.index, vector, k, filters, exclude=exclude)]
+                return retrieval.hits_document(self.index, vector, query=query, k=k, filters=filters,
+                                               exclude=exclude, index_name=self.config.index)
             except ValueError as e:
                 raise ClientError(422, str(e)) from None
 
@@ -310,35 +313,35 @@ class Engine:
             for (_t, fut), vec in zip(group, vectors):
                 fut.set_result(vec[None])
 
-    def _uid_search(self, uid: str, k: int, filters: dict) -> tuple[str, list[dict]]:
+    def _like(self, study, label: str = ""):
+        """``search.like_query`` under the index lock: the stored vector of a study of the index, or none."""
+        from hlip_engine import search as retrieval
+
         with self.index_lock:
-            row = self.index.find(study_uid=uid)
-            if row is None:
-                raise ClientError(404, f"study {uid} is not in the index")
-            meta = self.index.metadata([row])[0]
-            vector = self.index.vectors([row])
-        what = f"studies like {meta['path']} ({meta.get('description') or meta['study_uid']})"
-        return what, self._search(vector, k, filters, [row])
+            return retrieval.like_query(self.index, study, label=label)
 
     async def search(self, *, text: str | None, study_uid: str | None, k: int, filters: dict,
                      plain: bool = False) -> dict:
+        from hlip_engine.search import text_label
+
         if text is not None:
             vector = await asyncio.wrap_future(self._text_vector(text, plain))
-            hits, what = await self.on_text(self._search, vector, k, filters, []), repr(text.strip())
-        else:
-            what, hits = await self.on_text(self._uid_search, study_uid, k, filters)
-        return {"query": what, "index": str(self.config.index), "hits": hits}
+            return await self.on_text(self._document, vector, text_label(text), k, filters, ())
+        like = await self.on_text(self._like, study_uid)
+        if like.vector is None:
+            raise ClientError(404, f"study {study_uid} is not in the index")
+        return await self.on_text(self._document, like.vector, like.label, k, filters, like.exclude)
 
     async def search_like(self, source, k: int, filters: dict) -> dict:
-        """"More like this" for an uploaded study: encoded as the index encoded its studies."""
-        from hlip_engine import search as retrieval
-
-        job, prepared = await self.prepared(source, for_index=True)
-        vector = await asyncio.wrap_future(self.worker.encode(prepared.tensor))
-        with self.index_lock:
-            row = retrieval.stored_row(self.index, job.study)
-        hits = await self.on_text(self._search, vector, k, filters, [row] if row is not None else [])
-        return {"query": f"studies like {job.label}", "index": str(self.config.index), "hits": hits}
+        """"More like this" for an uploaded study: a study of the index (by its StudyInstanceUID) is searched
+        with its stored vector, as the CLI does; any other is encoded as the index encoded its studies."""
+        job = await self.on_prep(self._load, source)
+        like = await self.on_text(self._like, job.study, job.label)
+        vector = like.vector
+        if vector is None:
+            prepared = await self.on_prep(self._prepare, job, True)
+            vector = await asyncio.wrap_future(self.worker.encode(prepared.tensor))
+        return await self.on_text(self._document, vector, like.label, k, filters, like.exclude)
 
     # --- zero-shot ----------------------------------------------------------------------------------
     def _classifier(self, spec: dict):
@@ -358,14 +361,25 @@ class Engine:
         return clf
 
     async def zeroshot(self, source, spec: dict) -> dict:
-        import torch
+        """``zeroshot.zeroshot_document`` for the study; with no prompts named, the model's default set for
+        the study (``zeroshot.default_prompt_set``), chosen once the study has been read."""
+        from hlip_engine.zeroshot import classifier_request, zeroshot_document
 
-        classifier = await self.on_text(self._classifier, spec)  # a bad prompt fails before the study loads
+        def request(study=None) -> dict:
+            try:
+                return classifier_request(self.model.config, study, **spec)[0]
+            except ValueError as e:
+                raise ClientError(422, str(e)) from None
+
+        named = spec.get("prompt_set") is not None or spec.get("prompts") is not None
+        if named:  # a bad prompt fails before the study loads
+            classifier = await self.on_text(self._classifier, request())
         job, prepared = await self.prepared(source)
+        if not named:
+            classifier = await self.on_text(self._classifier, request(job.study))
         embedding = await asyncio.wrap_future(self.worker.encode(prepared.tensor))
-        probs = classifier.classify(torch.from_numpy(np.asarray(embedding)))
-        return {"study": job.label, "model": self.model.config.get("name"), "mode": classifier.mode,
-                "probabilities": probs}
+        return zeroshot_document(self.model, job.study, np.asarray(embedding), classifier=classifier,
+                                 label=job.label, **spec)
 
     # --- embed --------------------------------------------------------------------------------------
     async def embed(self, source) -> dict:

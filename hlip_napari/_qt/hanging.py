@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 from .._layers import KIND_KEY, SCAN_KEY, STUDY_KEY, UNITS, study_label, study_of
 from .._on_screen import on_screen
 from .._reading import reading
+from .._show import relabel
 from .._view import PLANES, show_plane, unwrap
 from .jobs import follow, follow_layer
 
@@ -81,14 +82,22 @@ class PlaneCanvas(QWidget):
         empty. The copies shown before (another study's, or the previous prompt's overlay) go first."""
         self.sources = list(layers)
         self.key = [(id(x), id(x.data)) for x in layers]
-        self.model.layers.clear()
+        gone = [x for x in self.model.layers if x.metadata.get(KIND_KEY) != "crosshair" or not layers]
+        if gone:
+            with self.model.layers.batched_update():  # one scene update (and garbage collection) for the plane
+                for layer in gone:
+                    self.model.layers.remove(layer)
         if not layers:
             self.title.setText(f"<b>{plane.capitalize()}</b>")
             return
+        study = study_of(layers[0])
+        for x in self.model.layers:  # the crosshair moves on with the study (redrawn for it)
+            relabel(x, study)
         for layer in layers:
             copy = copy_layer(layer)
             copy.visible = True  # the plane's own series, even when hidden in the viewer
-            self.model.add_layer(copy)
+            self.model.layers.insert(len(self.model.layers) - sum(
+                x.metadata.get(KIND_KEY) == "crosshair" for x in self.model.layers), copy)
         state = reading(self.model)
         state.compact = True  # the title says whose; the corner says where
         show_plane(self.model, plane)

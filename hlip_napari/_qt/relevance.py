@@ -119,7 +119,7 @@ class RelevanceWidget(QWidget):
         self.job.on_cancel(lambda: self.status.setText("Cancelled."))
         self.chart = BarChart(self)
 
-        self.setMinimumWidth(420)
+        self.setMinimumWidth(340)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_box)
         layout.addLayout(form)

@@ -47,7 +47,6 @@ THUMB = 56  # px
 MR_AUTO = "MR auto (0.5-99.5 %)"
 COLUMNS = ("Show", "#", "Description", "Mod.", "Size", "Spacing mm", "Plane")
 WARNING_BRUSH = QColor(120, 80, 0)  # row background of a scan the loader changed (amber, dark theme)
-DESCRIPTION_MIN = 140  # px: the description is what a reader reads first
 
 
 def thumbnail(voxels: np.ndarray, limits: tuple[float, float]) -> QIcon:
@@ -116,13 +115,13 @@ class StudyBrowser(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        # the description keeps a readable width (a narrow dock scrolls sideways rather than squeezing it)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Interactive)
+        # the description takes the width left (its text wraps); every column, Plane included, stays in view
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(30)
-        header.setStretchLastSection(True)
-        self.table.setColumnWidth(2, DESCRIPTION_MIN)
+        header.setStretchLastSection(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setWordWrap(True)
-        self.setMinimumWidth(480)
+        self.setMinimumWidth(420)
         self.table.setToolTip("Tick to show a scan; double-click to show only that scan")
         self.table.itemChanged.connect(self._item_changed)
         self.table.itemSelectionChanged.connect(self._row_selected)
@@ -322,7 +321,6 @@ class StudyBrowser(QWidget):
             self.skipped.setItem(row, 1, QTableWidgetItem(str(reason)))
             self.skipped.item(row, 0).setToolTip(str(item))
             self.skipped.item(row, 1).setToolTip(str(reason))
-        self.table.setColumnWidth(2, max(DESCRIPTION_MIN, min(self.table.sizeHintForColumn(2), 180)))
         self.table.resizeRowsToContents()  # rows with loader warnings take the lines they need
         for row in range(self.table.rowCount()):  # and every row keeps room for its thumbnail
             self.table.setRowHeight(row, max(self.table.rowHeight(row), THUMB + 4))

@@ -22,12 +22,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from hlip_engine.zeroshot import prompt_set_names, resolve_prompt_set
+from hlip_engine.zeroshot import default_prompt_set, prompt_set_names, resolve_prompt_set
 
 from .. import _engine
 from .._layers import study_label
 from .._on_screen import on_screen
-from .._prompts import default_prompt_set
 from .._view import open_study_or_warn, unwrap
 from .jobs import Job, follow
 from .model_panel import ModelBox
@@ -167,7 +166,7 @@ class ZeroShotWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         self.chart = BarChart(self)
 
-        self.setMinimumWidth(420)
+        self.setMinimumWidth(340)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_box)
         layout.addLayout(form)

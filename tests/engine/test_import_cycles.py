@@ -1,20 +1,27 @@
-"""Imports inside hlip_engine run one way: no module imports (at top level or inside a function) a module
-that imports it back. The model is the example: factory -> clip -> vit/text, factory -> checkpoint, and
-neither clip.py nor checkpoint.py imports the factory."""
+"""Imports inside each package (hlip_engine, training, hlip_napari) run one way: no module imports (at top
+level or inside a function) a module that imports it back. The model is the example: factory -> clip ->
+vit/text, factory -> checkpoint, and neither clip.py nor checkpoint.py imports the factory; training's
+config reads its recipes, and the recipes import nothing of training."""
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
-import hlip_engine
-
-ROOT = Path(hlip_engine.__file__).parent
+import pytest
 
 
-def _modules() -> dict[str, Path]:
+def _root(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.origin, f"{package} is not importable"
+    return Path(spec.origin).parent
+
+
+def _modules(package: str = "hlip_engine") -> dict[str, Path]:
+    root = _root(package)
     out = {}
-    for p in ROOT.rglob("*.py"):
-        parts = p.relative_to(ROOT.parent).with_suffix("").parts
+    for p in root.rglob("*.py"):
+        parts = p.relative_to(root.parent).with_suffix("").parts
         out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     return out
 
@@ -72,10 +79,40 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_inside_hlip_engine():
-    graph = _graph(_modules())
-    assert graph["hlip_engine.model.clip"] >= {"hlip_engine.model.checkpoint", "hlip_engine.model.vit"}  # the graph sees imports
+# imports each graph must see (so that a graph that misses imports cannot pass)
+SEEN = {"hlip_engine": ("hlip_engine.model.clip", {"hlip_engine.model.checkpoint", "hlip_engine.model.vit"}),
+        "training": ("training.config", {"training.recipes"}),
+        "hlip_napari": ("hlip_napari", set())}
+
+
+@pytest.mark.parametrize("package", [
+    "hlip_engine",
+    "training",
+    "hlip_napari",
+])
+def test_no_import_cycle_inside_the_package(package):
+    graph = _graph(_modules(package))
+    module, imported = SEEN[package]
+    assert graph[module] >= imported, f"the graph misses {module}'s imports"
+    assert sum(len(deps) for deps in graph.values()) >= len(graph) // 2, "the graph misses imports"
     assert _cycles(graph) == []
+
+
+def test_the_import_graph_follows_relative_and_lazy_imports(tmp_path):
+    """A cycle made by a relative import inside a function, in a package outside the repository."""
+    pkg = tmp_path / "cyclepkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .b import thing\n")
+    (pkg / "a.py").write_text("def f():\n    from .sub import thing\n    return thing\n")
+    (pkg / "sub" / "b.py").write_text("from .. import a\nthing = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        graph = _graph(_modules("cyclepkg"))
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert graph["cyclepkg.a"] == {"cyclepkg.sub"} and "cyclepkg.a" in graph["cyclepkg.sub.b"]
+    assert _cycles(graph) == [["cyclepkg.a", "cyclepkg.sub", "cyclepkg.sub.b"]]
 
 
 def test_a_planted_cycle_is_found():

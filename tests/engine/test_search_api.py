@@ -88,3 +88,33 @@ def test_other_weights_are_refused(setup):
     index = StudyIndex.open(setup["root"] / "ix")
     with pytest.raises(IndexFormatError, match="not comparable"):
         retrieval.study_vector(index, other, setup["study"])
+
+
+def test_search_document_more_like_this_is_one_rule(setup):
+    """"More like this": a study of the index (by path, UID, or a Study with that UID) is searched with its
+    stored vector and never returned; another study is encoded with the index's recipe."""
+    model = setup["model"]
+    index = retrieval.open_index(setup["root"] / "ix", model)
+    stored = index.vectors([3])
+    by_path = retrieval.search_document(index, like="/a/3", k=5)  # no model needed: nothing to encode
+    assert set(by_path) == {"query", "index", "size", "hits"} and by_path["size"] == 20
+    assert by_path["query"] == "studies like /a/3 (study 3)" and by_path["index"] == str(setup["root"] / "ix")
+    assert by_path["hits"] == [h.as_dict() for h in retrieval.search(index, stored, 5, exclude=[3])]
+    assert retrieval.search_document(index, like="9.3", k=5) == by_path
+    twin = _ct_study(uid="9.3")  # another copy of row 3's study: its stored vector, not its pixels
+    assert retrieval.search_document(index, model, like=twin, k=5) == by_path
+    like = retrieval.like_query(index, twin)
+    assert like.exclude == (3,) and np.array_equal(like.vector, stored)
+
+    fresh = setup["study"]  # not in the index (UID 1.2.3): encoded, nothing excluded
+    assert retrieval.like_query(index, fresh).vector is None
+    doc = retrieval.search_document(index, model, like=fresh, k=3, index_name="lib")
+    assert doc["query"] == "studies like 1.2.3" and doc["index"] == "lib" and doc["hits"][0]["key"] == "k0"
+    with pytest.raises(ValueError, match="needs the index's model"):
+        retrieval.search_document(index, like=fresh)
+
+    text = retrieval.search_document(index, model, text=" acute infarct ", k=4, filters={"modality": "CT"})
+    want = retrieval.search(index, retrieval.text_vector(model, "acute infarct"), 4, {"modality": "CT"})
+    assert text["query"] == "'acute infarct'" and text["hits"] == [h.as_dict() for h in want]
+    with pytest.raises(ValueError, match="not both"):
+        retrieval.search_document(index, model, text="x", like="/a/3")

@@ -127,3 +127,66 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["embed", str(tmp_path), "--model", str(tmp_path / "missing.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hlip embed: error: checkpoint not found") and err.count("\n") == 1
+
+
+def _head_ct(fov_mm: float = 180.0, description: str = "CT HEAD"):
+    from hlip_engine.study import Study
+
+    zz, yy, xx = np.mgrid[:8, :20, :20]
+    head = (((yy - 10) ** 2 + (xx - 10) ** 2) < 81) * 40.0
+    scan = Scan(head.astype(np.float32), np.diag([fov_mm / 20, fov_mm / 20, 5.0, 1.0]), modality="CT",
+                description="HEAD")
+    return Study(uid="1.2.3", scans=[scan], description=description, date="20240102", modality="CT")
+
+
+def test_default_prompt_set_follows_the_model_then_the_study():
+    from hlip_engine.demo.quality import FINDING_PROMPTS, TEMPLATES
+    from hlip_engine.model.factory import get_config
+    from hlip_engine.study import Study
+    from hlip_engine.zeroshot import classifier_request, default_prompt_set, resolve_prompt_set
+
+    mr = Study(uid="1.2.4", scans=[Scan(np.zeros((4, 8, 8), np.float32), np.eye(4), modality="MR")],
+               modality="MR")
+    for config in (get_config("hlip_demo"), {"name": "hlip_demo"}):  # a checkpoint saved before the block
+        name, spec, why = default_prompt_set(config, mr)
+        assert name == "hlip-demo-5" and "own" in why
+        assert spec["classes"] == FINDING_PROMPTS and spec["templates"] == TEMPLATES
+    tiny = get_config("hlip_tiny")
+    name, spec, why = default_prompt_set(tiny, _head_ct())
+    assert (name, why) == ("head-ct-hemorrhage", "a CT study") and all("CT" in t for t in spec["templates"])
+    assert default_prompt_set(tiny, _head_ct(fov_mm=400.0, description="CT CHEST"))[0] == "ct-rate"
+    name, spec, why = default_prompt_set(tiny, mr)
+    assert (name, why) == ("pub-brain-5", "an MR study") and spec == resolve_prompt_set("pub-brain-5")
+    assert default_prompt_set(tiny)[0] == "pub-brain-5"  # no study yet
+    name, spec, _ = default_prompt_set({**tiny, "zeroshot": {"prompt_set": "ct-rate", "template": "A CT: {}."}}, mr)
+    assert name == "ct-rate" and spec["templates"] == ["A CT: {}."]
+    # what the reader named wins; nothing named is the default, with the reason
+    assert classifier_request(tiny, mr, prompt_set="rad-chestct")[1:] == ("rad-chestct", "")
+    assert classifier_request(tiny, mr, prompts=["a", "b"])[1:] == (None, "")
+    request, name, why = classifier_request(tiny, _head_ct(), templates=["Head CT: {}."])
+    assert name == "head-ct-hemorrhage" and why == "a CT study" and request["templates"] == ["Head CT: {}."]
+    assert request["prompt_set"] == resolve_prompt_set("head-ct-hemorrhage")
+    with pytest.raises(ValueError, match="not both"):
+        classifier_request(tiny, mr, prompt_set="pub-brain-5", prompts=["a", "b"])
+
+
+def test_cli_zeroshot_without_prompts_uses_the_model_default(dicom_study, model, tmp_path, capsys):
+    from hlip_engine.zeroshot import zeroshot_document
+
+    ckpt = model.save(tmp_path / "tiny.safetensors")
+    assert main(["zeroshot", str(dicom_study), "--model", str(ckpt), "--json", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["prompt_set"] == "pub-brain-5" and doc["default_because"] == "an MR study"  # an MR study
+    assert list(doc["probabilities"]) == ["Normal", "Stroke", "Glioma", "Meningioma", "Metastasis"]
+    loaded = load_model(ckpt, device="cpu")
+    study = load_study(dicom_study)
+    embedding = loaded.encode_study(study)
+    same = zeroshot_document(loaded, study, embedding)  # the engine's document, as the server and plugin give it
+    assert set(same) == set(doc) and same["study"] == doc["study"] == "1.2.826.0.1.3680043.8.498.1"
+    assert list(same["probabilities"].values()) == pytest.approx(list(doc["probabilities"].values()), abs=1e-5)
+    named = zeroshot_document(loaded, study, embedding, prompt_set="pub-brain-5")
+    assert named["prompt_set"] == "pub-brain-5" and "default_because" not in named
+    assert named["probabilities"] == pytest.approx(same["probabilities"], abs=1e-6)
+    assert main(["zeroshot", str(dicom_study), "--model", str(ckpt), "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    assert "prompt set pub-brain-5 (an MR study" in out.err and "Glioma" in out.out

@@ -9,8 +9,8 @@ from napari_helpers import axial_scan, head_volume, raise_dock, tiny_study, use_
 from hlip_engine.demo.quality import FINDING_PROMPTS, TEMPLATES
 from hlip_engine.model.factory import get_config
 from hlip_engine.study import Study
+from hlip_engine.zeroshot import default_prompt_set
 from hlip_napari._launch import dock_widgets
-from hlip_napari._prompts import default_prompt_set
 from hlip_napari._show import show_study as add_studies
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "hlip_engine" / "weights" / "hlip_demo.safetensors"

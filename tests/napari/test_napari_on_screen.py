@@ -411,6 +411,12 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
                 browser._hanging = None
             browser.compare.setChecked(False)
 
-    run_state_machine_as_test(Reader, settings=settings(
-        max_examples=SEQUENCES, stateful_step_count=STEPS, deadline=None, print_blob=True,
-        suppress_health_check=list(HealthCheck)))
+    try:
+        run_state_machine_as_test(Reader, settings=settings(
+            max_examples=SEQUENCES, stateful_step_count=STEPS, deadline=None, print_blob=True,
+            suppress_health_check=list(HealthCheck)))
+    finally:
+        notification_manager.notification_ready.disconnect(noted)
+        compare = getattr(browser, "_compare", None)
+        if compare is not None:  # the compare canvas is napari's QtViewer too: closed before the viewer
+            compare.close_canvases()

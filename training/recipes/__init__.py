@@ -10,6 +10,7 @@ A recipe file is a JSON object with
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -36,14 +37,13 @@ def read_recipe(name: str) -> dict:
     return recipe
 
 
-def recipe_options(name: str) -> dict:
-    """The recipe's TrainConfig values, checked against the option names."""
-    import dataclasses
-
-    from ..config import TrainConfig
-
+def recipe_options(name: str, known: Collection[str] | None = None) -> dict:
+    """The recipe's option values (``-`` in names read as ``_``); with ``known`` (the option names of
+    :class:`training.config.TrainConfig`, which ``training.config.parse_config`` passes), a name outside
+    them is a ValueError naming the recipe. This package imports nothing of ``training``: the config
+    reads recipes, never the other way round."""
     options = {k.replace("-", "_"): v for k, v in read_recipe(name)["options"].items()}
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
+    unknown = sorted(set(options) - set(known)) if known is not None else []
     if unknown:
         raise ValueError(f"training recipe {name!r}: unknown options {unknown}")
     return options
