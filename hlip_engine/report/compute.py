@@ -77,21 +77,29 @@ def without_own_results(study):
                                                "not an image for the model") for s in maps)])
 
 
-def _set_templates(prompt_set: str | None, templates, template_set) -> list[str]:
+def _set_name(prompt_set) -> str:
+    """The name a prompt set is recorded under: its name, a model's own set's ``name``, "" for none."""
+    if isinstance(prompt_set, dict):
+        return str(prompt_set.get("name") or "model prompts")
+    return prompt_set or ""
+
+
+def _set_templates(prompt_set, templates, template_set) -> list[str]:
     if templates:
         return list(templates)
     if not prompt_set:
         return []
     from ..zeroshot import resolve_prompt_set
 
-    spec = resolve_prompt_set(prompt_set).get("templates") or []
+    chosen = prompt_set if isinstance(prompt_set, dict) else resolve_prompt_set(prompt_set)
+    spec = chosen.get("templates") or []
     if isinstance(spec, dict):
         key = template_set if template_set in spec else ("volume" if "volume" in spec else next(iter(spec), None))
         spec = spec.get(key, []) if key else []
     return list(spec)
 
 
-def analyse(model, study, *, prompt_set: str | None = None, prompts=None, relevance_prompts=(),
+def analyse(model, study, *, prompt_set: str | dict | None = None, prompts=None, relevance_prompts=(),
             templates=None, template_set: str | None = None, mode: str | None = None,
             recipe: str | None = None, slices: int | None = None, method: str | None = None,
             prepared=None) -> Analysis:
@@ -147,7 +155,7 @@ def analyse(model, study, *, prompt_set: str | None = None, prompts=None, releva
             "recipe": recipe or "", "slices": slices or 0, "method": method or ""}
     return Analysis(study=study, model_name=str(config.get("name") or "hlip"),
                     model_version=str(config.get("version") or f"hlip-napari {__version__}"),
-                    fingerprint=fingerprint, mode=used_mode, prompt_set=prompt_set or "",
+                    fingerprint=fingerprint, mode=used_mode, prompt_set=_set_name(prompt_set),
                     templates=list(used_templates), findings=findings, relevance=results,
                     scan_indices=list(dict.fromkeys(int(k) for k in prepared.scan_indices)),
                     method=used_method, spec=spec)

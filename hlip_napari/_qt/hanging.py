@@ -14,7 +14,7 @@ import weakref
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from .._layers import KIND_KEY, SCAN_KEY, STUDY_KEY, UNITS, study_label, study_of
 from .._on_screen import on_screen
@@ -76,6 +76,8 @@ class PlaneCanvas(QWidget):
         layout.addWidget(self.qt_viewer.canvas.native, 1)
         self.sources: list = []
         self.key: list = []
+        # the plane takes the dock's height (napari adds a stretch below a dock's widgets that want none)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def hang(self, layers, plane: str) -> None:
         """Show copies of ``layers`` (sharing their voxels) hung in ``plane``; nothing when ``layers`` is

@@ -37,6 +37,7 @@ from .._view import go_to, open_study_or_warn, scan_layers, unwrap
 from .jobs import Job, follow, follow_layer
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
+from .save_to_pacs import SaveToPacs
 
 COLORMAPS = ("HLIP (transparent to yellow)", "inferno", "turbo", "magma", "red")
 
@@ -129,6 +130,8 @@ class RelevanceWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(QLabel("Scan importance (share of relevance)"))
         layout.addWidget(self.chart, 1)
+        self.save_to_pacs = SaveToPacs(self.screen, self.model_box, self.report_request, self)
+        layout.addWidget(self.save_to_pacs)
         follow(self, self.screen.study_changed, self.study_changed)
         self.study_changed(self.screen.study)
 
@@ -136,6 +139,8 @@ class RelevanceWidget(QWidget):
         """Another study on screen: this widget's result was for the one before (its overlays left with it),
         so it goes, and the peak button waits for a result of this study."""
         self.job.stop()
+        if hasattr(self, "save_to_pacs"):
+            self.save_to_pacs.clear()
         self.result, self.study, self.layers = None, None, []
         self.jump_button.setEnabled(False)
         self.chart.clear_bars()
@@ -161,6 +166,21 @@ class RelevanceWidget(QWidget):
                               self.model_box.engine_settings(), steps=3, screen=self.screen,
                               on_done=lambda r: self.show_result(study, *r),
                               on_error=lambda _e: self.status.setText("Relevance failed (see the notification)."))
+
+    def report_request(self):
+        """(study, report options) for Save to PACS: the prompt's relevance maps and peak, with the model's
+        default findings."""
+        from napari.utils.notifications import show_warning
+
+        study = open_study_or_warn(self.viewer)
+        prompt = self.prompt.text().strip()
+        if study is None:
+            return None
+        if not prompt:
+            show_warning("Type the finding to localise first, e.g. 'glioma'.")
+            return None
+        method = None if self.method.currentText() == MODEL_DEFAULT else self.method.currentText()
+        return study, {"relevance_prompts": [prompt], "prompt_set": None, "method": method}
 
     # --- showing -----------------------------------------------------------------------------------
     def show_result(self, study, rel, volumes, bars) -> None:

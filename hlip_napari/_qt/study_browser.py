@@ -45,7 +45,7 @@ from .jobs import Job, follow
 
 THUMB = 56  # px
 MR_AUTO = "MR auto (0.5-99.5 %)"
-COLUMNS = ("Show", "#", "Description", "Mod.", "Size", "Spacing mm", "Plane")
+COLUMNS = ("Show", "#", "Description", "Mod.", "Size / mm", "Plane")
 WARNING_BRUSH = QColor(120, 80, 0)  # row background of a scan the loader changed (amber, dark theme)
 
 
@@ -71,6 +71,15 @@ def _short(item: str, root: str) -> str:
 
 def _spacing_text(spacing) -> str:
     return "×".join(f"{s:.3g}" for s in spacing)
+
+
+def filed_findings(study) -> list[dict]:
+    """Our SRs among the study's files (the loader lists SR files among the skipped items), read back by the
+    engine (pydicom only), newest first."""
+    from hlip_engine.report import findings_from_sr
+
+    found = [findings_from_sr(str(item)) for item, why in study.skipped if "structured report" in str(why)]
+    return sorted((f for f in found if f), key=lambda f: f.get("content_date", ""), reverse=True)
 
 
 def load_study_job(path: str):
@@ -186,6 +195,11 @@ class StudyBrowser(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.addWidget(self.title)
+        self.findings = QLabel("")
+        self.findings.setWordWrap(True)
+        self.findings.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.findings.setVisible(False)
+        layout.addWidget(self.findings)
         layout.addLayout(tools)
         layout.addWidget(self.table, 3)
         layout.addLayout(window_row)
@@ -276,7 +290,32 @@ class StudyBrowser(QWidget):
         finally:
             self._updating = False
 
+    def _show_findings(self, study) -> None:
+        """HLIP findings already filed with the study (an SR of `hlip report` / Save to PACS among its files),
+        newest first: what the model said, when, and that it is an unverified research result."""
+        self.findings.setVisible(False)
+        self.findings.setText("")
+        if study is None:
+            return
+        stored = filed_findings(study)
+        if not stored:
+            return
+        latest = stored[0]
+        date = latest.get("content_date", "")[:8]
+        when = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 else "undated"
+        ranked = sorted(latest["findings"].items(), key=lambda kv: -kv[1])
+        lines = ", ".join(f"{name} {p:.0%}" for name, p in ranked[:6])
+        peaks = "; ".join(f"“{r['prompt']}” peak at ({', '.join(f'{v:.0f}' for v in r['peak_lps'])}) mm LPS"
+                          for r in latest["relevance"] if r.get("peak_lps"))
+        text = (f"<b>HLIP findings filed with this study</b> ({when}, model {latest.get('model') or '?'}, "
+                f"{latest.get('verification') or 'UNVERIFIED'}; research result, not a diagnosis):<br>"
+                + (lines or "no findings") + (f"<br>{peaks}" if peaks else "")
+                + (f"<br>{len(stored) - 1} earlier report(s) filed" if len(stored) > 1 else ""))
+        self.findings.setText(text)
+        self.findings.setVisible(True)
+
     def _fill(self, study, layers) -> None:
+        self._show_findings(study)
         self.table.setRowCount(0)
         self.skipped.setRowCount(0)
         if study is None:
@@ -298,8 +337,8 @@ class StudyBrowser(QWidget):
             show.setIcon(thumbnail(scan.voxels, tuple(layer.contrast_limits)))
             cells = [show, QTableWidgetItem("" if scan.series_number is None else str(scan.series_number)),
                      QTableWidgetItem(scan.description), QTableWidgetItem(scan.modality),
-                     QTableWidgetItem("×".join(str(s) for s in scan.shape)),
-                     QTableWidgetItem(_spacing_text(scan.spacing)), QTableWidgetItem(scan.orientation)]
+                     QTableWidgetItem("×".join(str(s) for s in scan.shape) + "\n" + _spacing_text(scan.spacing)),
+                     QTableWidgetItem(scan.orientation)]
             notes = scan_warnings(scan)
             cells[2].setToolTip(f"{layer.name}\n{scan.source}\ncontrast: {layer.metadata.get('contrast', '')}"
                                 + "".join(f"\nloader: {w}" for w in notes))
@@ -307,8 +346,7 @@ class StudyBrowser(QWidget):
                 cells[2].setText(scan.description + "".join(f"\n⚠ {w}" for w in notes))
                 for cell in cells:
                     cell.setBackground(QBrush(WARNING_BRUSH))
-            cells[4].setToolTip("slices x rows x columns")
-            cells[5].setToolTip("slice x row x column spacing")
+            cells[4].setToolTip("slices x rows x columns, and the slice x row x column spacing in mm")
             for col, item in enumerate(cells):
                 self.table.setItem(row, col, item)
             follow(self, layer.events.visible, self._sync_checks)

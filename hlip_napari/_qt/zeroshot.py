@@ -31,6 +31,7 @@ from .._view import open_study_or_warn, unwrap
 from .jobs import Job, follow
 from .model_panel import ModelBox
 from .plot import BarChart, render_bars
+from .save_to_pacs import SaveToPacs
 
 FREE = "Free prompts"
 MODEL_DEFAULT = "Model's default"
@@ -175,6 +176,8 @@ class ZeroShotWidget(QWidget):
         layout.addWidget(self.for_study)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.chart, 1)
+        self.save_to_pacs = SaveToPacs(self.screen, self.model_box, self.report_request, self)
+        layout.addWidget(self.save_to_pacs)
         self.use_prompt_set(MODEL_DEFAULT)
         follow(self, self.screen.study_changed, self.study_changed)
         self.study_changed(self.screen.study)
@@ -183,6 +186,8 @@ class ZeroShotWidget(QWidget):
         """Another study on screen: the results shown were for the one before, so they go (a job running
         for it is stopped; its result would be dropped anyway)."""
         self.job.stop()
+        if hasattr(self, "save_to_pacs"):
+            self.save_to_pacs.clear()
         self.results, self._study = {}, None
         self.table.setRowCount(0)
         self.chart.clear_bars()
@@ -226,6 +231,26 @@ class ZeroShotWidget(QWidget):
                               self.chart.render_width(), self.model_box.engine_settings(), steps=3,
                               screen=self.screen, on_done=lambda r: self.show_results(*r),
                               on_error=lambda _e: self.status.setText("Zero-shot failed (see the notification)."))
+
+    def report_request(self):
+        """(study, report options) for Save to PACS: the prompts as edited, or the model's default set."""
+        from napari.utils.notifications import show_warning
+
+        study = open_study_or_warn(self.viewer)
+        if study is None:
+            return None
+        mode = self.mode.currentData()
+        try:
+            if self.prompts.toPlainText().strip():
+                return study, {"prompts": parse_prompts(self.prompts.toPlainText(), mode),
+                               "templates": parse_templates(self.templates.toPlainText()) or None, "mode": mode}
+        except ValueError as e:
+            show_warning(f"{e}")
+            return None
+        name = self.prompt_set.currentText()
+        if name in (MODEL_DEFAULT, FREE):
+            name = None
+        return study, {"prompt_set": name}  # None: the model's default set, chosen where the model is
 
     def show_results(self, probs: dict[str, float], bars, used: dict | None = None) -> None:
         self.results = dict(probs)

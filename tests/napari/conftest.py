@@ -1,7 +1,6 @@
 """napari test set-up: settings and caches in temporary folders, screenshots kept for people to look at."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ def _isolated_settings(tmp_path, monkeypatch):
     MODELS.clear()
     INDEXES.clear()
     SETTINGS.reload()
-
-
-@pytest.fixture(scope="session")
-def screenshot_dir(tmp_path_factory) -> Path:
-    """$HLIP_SCREENSHOTS when set (CI keeps them), else a pytest temporary folder."""
-    env = os.environ.get("HLIP_SCREENSHOTS")
-    path = Path(env) if env else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.study import Study
 from hlip_napari._launch import dock_widgets, save_screenshot
 from hlip_napari._layers import study_label
+from hlip_napari._qt.study_browser import COLUMNS
 from hlip_napari._reading import edge_letters, reading, slice_of
 from hlip_napari._show import show_study as add_studies
 from hlip_napari._view import add_ruler, camera, scan_layers, show_plane
@@ -173,7 +174,7 @@ def test_loader_warnings_show_on_the_row_and_in_a_notification(tmp_path, make_na
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     browser.open_path(str(folder))
     qtbot.waitUntil(lambda: browser.table.rowCount() == 2, timeout=60_000)
-    row = next(r for r in range(2) if browser.table.item(r, 6).text() == "axial")
+    row = next(r for r in range(2) if browser.table.item(r, COLUMNS.index("Plane")).text() == "axial")
     text = browser.table.item(row, 2).text()
     assert "⚠" in text and "filled by linear interpolation" in text, text
     other = 1 - row
@@ -210,6 +211,8 @@ def test_3up_hanging_crosshair_moves_the_other_planes_to_the_clicked_point(tmp_p
     for _ in range(5):
         QApplication.processEvents()
     sag_canvas, cor_canvas = hanging.canvases["sagittal"], hanging.canvases["coronal"]
+    for canvas in (sag_canvas, cor_canvas):  # each plane takes its share of the dock's height
+        assert canvas.height() > 300, f"a 3-up plane is {canvas.height()} px tall"
     sag_layer = next(x for x in sag_canvas.model.layers if x.metadata.get("hlip_kind") == "scan")
     assert sag_layer.metadata["orientation"] == "sagittal"  # the acquired sagittal, not a reformat
     assert tuple(sag_canvas.model.dims.order) == (2, 0, 1) and tuple(cor_canvas.model.dims.order) == (1, 0, 2)

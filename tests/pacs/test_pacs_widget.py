@@ -126,3 +126,55 @@ def test_a_search_hit_of_a_pacs_built_index_opens_by_retrieving_it(orthanc, libr
     assert {layer.metadata["study_uid"] for layer in scan_layers(viewer)} == {a["uid"]}
     assert StudyCache().complete(a["uid"])  # retrieved again, whole
     qtbot.waitUntil(lambda: search.status.text().startswith("Opened"), timeout=30_000)
+
+
+def test_save_to_pacs_files_the_results_and_the_browser_shows_them_when_the_study_comes_back(
+        orthanc, library, make_napari_viewer, qtbot, screenshot_dir):
+    """Relevance's "Save to PACS" stores an SR and relevance maps with the study on the real Orthanc
+    (DICOMweb); retrieved again through the PACS widget, the study opens with its filed findings shown in
+    the Study browser (research result, UNVERIFIED)."""
+    from hlip_engine.demo.showcase import DEMO_MODEL
+    from hlip_engine.pacs import connect
+    from hlip_napari._launch import dock_widgets, save_screenshot
+    from hlip_napari._session import SETTINGS
+
+    SETTINGS.update(checkpoint=str(DEMO_MODEL), text_model="", device="cpu")
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    docks = dock_widgets(viewer, ("Study browser", "PACS", "Relevance map"))
+    browser, pacs, rw = docks["Study browser"], docks["PACS"], docks["Relevance map"]
+    b = library["phantoms"][1]
+    browser.open_path(b["path"])
+    qtbot.waitUntil(lambda: browser.study is not None and browser.study.uid == b["uid"], timeout=60_000)
+    assert not browser.findings.isVisible()  # nothing filed yet
+
+    rw.prompt.setText("mass with surrounding oedema")
+    saving = rw.save_to_pacs
+    saving.node.setCurrentText(orthanc.dicomweb_url)
+    saving.save()
+    qtbot.waitUntil(lambda: not saving.job.running, timeout=300_000)
+    assert saving.status.text().startswith(f"Stored on {orthanc.dicomweb_url}"), saving.status.text()
+    with connect(orthanc.dicomweb_url) as client:
+        modalities = {s.get("modality") for s in client.find_series(b["uid"])}
+    assert {"SR", "OT"} <= modalities
+
+    pacs.node.setCurrentText(orthanc.dimse_url)
+    pacs.description.setText(b["description"])
+    pacs.search()
+    qtbot.waitUntil(lambda: bool(pacs.rows) and pacs.table.rowCount() == len(pacs.rows), timeout=30_000)
+    row = [r["study_uid"] for r in pacs.rows].index(b["uid"])
+    browser.open_path(str(library["pydicom"]))  # another study on screen first: the retrieve must switch back
+    qtbot.waitUntil(lambda: browser.study is not None and browser.study.uid != b["uid"], timeout=60_000)
+    pacs.retrieve(row)
+    try:
+        qtbot.waitUntil(lambda: browser.study is not None and browser.study.uid == b["uid"], timeout=120_000)
+    except Exception as e:
+        raise AssertionError(f"not opened: PACS says {pacs.status.text()!r}; browser says "
+                             f"{browser.title.text()!r}") from e
+    assert browser.findings.isVisible()
+    text = browser.findings.text()
+    assert "HLIP findings filed with this study" in text and "UNVERIFIED" in text
+    assert "mass with surrounding oedema" in text and "%" in text
+    assert not any(layer.metadata.get("modality") == "OT" for layer in viewer.layers)  # maps are not scans
+    browser.parentWidget().raise_()
+    save_screenshot(viewer, screenshot_dir / "study_browser_filed_findings.png")
