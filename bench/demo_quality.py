@@ -1,5 +1,8 @@
 """Demo-model quality on a phantom library of any seed: zero-shot AUC, search precision@5, nearest study.
 
+The zero-shot figures are those of ``hlip evaluate demo --data <library>`` (the demo protocol of
+hlip_engine.evaluate); this script runs that evaluation too and records its report next to the figures.
+
 `hlip demo --evaluate` measures the shipped model on the held-out library (seed 2026). Comparing
 candidate models must not touch that library, so model selection uses another seed never trained on
 (5, the validation library) and any model file:
@@ -50,6 +53,13 @@ def main(argv=None) -> int:
     print(f"model {args.model} (sha256 {tag}...)")
     with torch.no_grad():
         quality = evaluate_library(model, index, records, seed=args.seed)
+    from hlip_engine.evaluate import evaluate
+    from hlip_engine.evaluate.report import text_summary
+
+    report = evaluate("demo", library, model=model, checkpoint=args.model, protocol="2026",
+                      out=args.out / f"evaluate-seed{args.seed}-{tag}")
+    print(f"\n`hlip evaluate demo --data {library} --model {args.model}`:\n{text_summary(report)}")
+    quality["evaluate"] = {"metrics": report["metrics"], "cases": report["cases"], "skipped": report["skipped"]}
     out = args.out / f"quality-seed{args.seed}-{tag}.json"
     out.write_text(json.dumps({"model": str(args.model), "seed": args.seed, **quality}, indent=1))
     print(f"written: {out}")

@@ -105,8 +105,12 @@ class TrainConfig:
     log_every: int = opt(10, "log training metrics every N steps")
     tensorboard: str = opt("auto", "TensorBoard logs: auto (when installed), on, off", choices=["auto", "on", "off"])
     # --- evaluation ---
-    eval_every: int = opt(0, "evaluate every N steps (0 = only at the end)")
-    zeroshot_csv: str = opt("", "labelled CSV: a study-id column and one 0/1 column per label (or one class column)")
+    eval_every: int = opt(0, "evaluate every N steps (0 = only at the end; --eval benchmarks also every epoch)")
+    eval: list[str] = opt(None, "official zero-shot benchmark BENCHMARK=ROOT:LABELS.csv (repeatable), run by "
+                                "hlip_engine.evaluate every epoch and at the end", action="extend", nargs="+")
+    eval_protocol: str = opt("paper", "protocol of the --eval benchmarks", choices=["paper", "2026"])
+    zeroshot_csv: str = opt("", "labelled CSV of held-out studies: a study-id column and one 0/1 column per label "
+                                "(or one class column), scored by hlip_engine.evaluate")
     zeroshot_id_column: str = opt("study_id", "the CSV's study-id column")
     zeroshot_labels: list[str] = opt(None, "CSV label columns to score (default: all but the id)", nargs="+")
     prompt_set: str = opt("", "prompt set name (hlip_engine/data/prompt_sets.json) or a JSON file")
@@ -184,7 +188,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         from .recipes import recipe_options
 
         try:
-            parser.set_defaults(**recipe_options(recipe))
+            parser.set_defaults(**recipe_options(recipe, known={f.name for f in dataclasses.fields(TrainConfig)}))
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
     parser.set_defaults(**file_values)
@@ -199,6 +203,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
             parser.error(f"{_flag(name)} must be >= 1")
     if cfg.zeroshot_csv and not (cfg.prompt_set or cfg.prompts):
         parser.error("--zeroshot-csv needs --prompt-set or --prompts")
+    if cfg.eval:
+        from .evaluate import parse_eval_specs
+
+        try:
+            parse_eval_specs(cfg.eval)
+        except ValueError as e:
+            parser.error(str(e))
     if not 0.0 <= cfg.patch_dropout < 1.0:
         parser.error("--patch-dropout must be in [0, 1)")
     if not 0.0 <= cfg.flip_lr <= 1.0:

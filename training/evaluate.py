@@ -1,20 +1,35 @@
-"""Evaluation during pre-training: zero-shot classification from a labelled CSV, and study-report retrieval.
+"""Evaluation during pre-training: the official zero-shot benchmarks, zero-shot on labelled held-out
+studies, and study-report retrieval.
 
-Zero-shot uses the engine's classifier (``hlip_engine.zeroshot``: templates x prompts encoded,
-normalised, averaged, re-normalised; softmax over the classes, or over (negative, positive) per label,
-CT-RATE style), so training measures exactly what the plugin will show. Metrics: balanced accuracy and macro AUC (one-vs-rest). Retrieval: every held-out
-study ranks every held-out report (and vice versa); recall@k = how often its own is in the top k.
+Zero-shot is :mod:`hlip_engine.evaluate` -- the code behind ``hlip evaluate`` -- so training measures
+exactly what a released model is measured by:
+  ``--eval BENCHMARK=ROOT[:LABELS]``  a benchmark in its official layout, under ``--eval-protocol``
+                                     (every CT-RATE / Rad-ChestCT volume is a case; official metric names);
+  ``--zeroshot-csv CSV``             held-out studies of the training data by id, classes from
+                                     ``--prompt-set`` / ``--prompts``: a protocol built from those prompts
+                                     and scored by the same functions (the CT-RATE and Rad-ChestCT prompt
+                                     sets take the official protocol's prompts).
+Retrieval: every held-out study ranks every held-out report (and vice versa); recall@k = how often its own
+is in the top k.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hlip_engine.metrics import balanced_accuracy, roc_auc
+from hlip_engine.evaluate import evaluate as evaluate_benchmark
+from hlip_engine.evaluate import get_protocol, measure
+from hlip_engine.evaluate.metric_sets import flatten
+from hlip_engine.evaluate.protocols import Protocol
+from hlip_engine.metrics import balanced_accuracy, roc_auc  # noqa: F401  (re-exported for callers)
+from hlip_engine.zeroshot import resolve_prompt_set
+
+OFFICIAL_ID_COLUMNS = {"VolumeName": "ct-rate", "NoteAcc_DEID": "rad-chestct"}
 
 
 # --- metrics -----------------------------------------------------------------------------------------
@@ -30,7 +45,49 @@ def recall_at_k(image: torch.Tensor, text: torch.Tensor, ks=(1, 5, 10)) -> dict[
     return out
 
 
-# --- prompts (the engine's zero-shot classifier) ------------------------------------------------------
+# --- official benchmarks (--eval) --------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSpec:
+    benchmark: str
+    root: str
+    labels: str | None
+
+
+def parse_eval_specs(items: list[str] | None) -> list[BenchmarkSpec]:
+    """``BENCHMARK=ROOT[:LABELS]`` each; ValueError for an unknown benchmark or a malformed item."""
+    from hlip_engine.evaluate import benchmarks
+
+    specs = []
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--eval {item!r}: expected BENCHMARK=ROOT[:LABELS.csv]")
+        name, rest = (s.strip() for s in item.split("=", 1))
+        if name not in benchmarks():
+            raise ValueError(f"--eval {item!r}: unknown benchmark {name!r}; known: {', '.join(benchmarks())}")
+        root, labels = rest, None
+        if ":" in rest and rest.rsplit(":", 1)[1].lower().endswith(".csv"):
+            root, labels = rest.rsplit(":", 1)
+        if name != "demo" and not labels:
+            raise ValueError(f"--eval {item!r}: give the labels CSV as {name}=ROOT:LABELS.csv")
+        specs.append(BenchmarkSpec(name, root, labels))
+    return specs
+
+
+def benchmark_metrics(model, specs: list[BenchmarkSpec], protocol: str = "paper") -> dict[str, float]:
+    """Each benchmark through :func:`hlip_engine.evaluate.evaluate`; flat '<benchmark> <metric>' keys plus
+    '<benchmark> cases' and '<benchmark> skipped'. The model's text tower need not be the protocol's."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        result = evaluate_benchmark(spec.benchmark, spec.root, spec.labels, model=model, protocol=protocol,
+                                    allow_text_tower=True, progress=False)
+        for key, value in flatten(result["metrics"]).items():
+            out[f"{spec.benchmark} {key}"] = value
+        out[f"{spec.benchmark} cases"] = float(result["cases"])
+        out[f"{spec.benchmark} skipped"] = float(len(result["skipped"]))
+    return out
+
+
+# --- held-out studies (--zeroshot-csv) ---------------------------------------------------------------
 def parse_free_prompts(prompts: list[str]) -> tuple[dict, str]:
     """``LABEL=TEXT`` (one class each: softmax) or ``LABEL=NEGATIVE|POSITIVE`` (binary labels)."""
     classes: dict[str, object] = {}
@@ -45,20 +102,6 @@ def parse_free_prompts(prompts: list[str]) -> tuple[dict, str]:
     return classes, "binary" if kinds == {True} else "softmax"
 
 
-def make_classifier(model, prompt_set: str = "", prompts: list[str] | None = None):
-    """hlip_engine.zeroshot's classifier from a named set / JSON file of the same shape, or free prompts."""
-    from hlip_engine.zeroshot import build_classifier
-
-    if prompts:
-        classes, mode = parse_free_prompts(prompts)
-        return build_classifier(model, prompts=classes, mode=mode)
-    path = Path(prompt_set)
-    if path.suffix == ".json" and path.is_file():
-        return build_classifier(model, prompt_set=json.loads(path.read_text()))
-    return build_classifier(model, prompt_set=prompt_set)
-
-
-# --- labels ------------------------------------------------------------------------------------------
 def read_labels(path: str | Path, id_column: str, label_columns: list[str] | None) -> tuple[list[str], dict]:
     """CSV -> (study ids, {column: values}); values stay strings (class names or 0/1)."""
     path = Path(path)
@@ -69,7 +112,10 @@ def read_labels(path: str | Path, id_column: str, label_columns: list[str] | Non
     if not rows:
         raise ValueError(f"{path}: no rows")
     if id_column not in rows[0]:
-        raise ValueError(f"{path}: no id column {id_column!r} (columns: {list(rows[0])}); see --zeroshot-id-column")
+        official = next((b for c, b in OFFICIAL_ID_COLUMNS.items() if c in rows[0]), None)
+        hint = (f"; this is the official {official} labels file: use --eval {official}=ROOT:{path} (every "
+                f"volume scored with the official protocol)") if official else "; see --zeroshot-id-column"
+        raise ValueError(f"{path}: no id column {id_column!r} (columns: {list(rows[0])[:6]}){hint}")
     columns = label_columns or [c for c in rows[0] if c != id_column]
     missing = [c for c in columns if c not in rows[0]]
     if missing:
@@ -77,41 +123,69 @@ def read_labels(path: str | Path, id_column: str, label_columns: list[str] | Non
     return [r[id_column] for r in rows], {c: [r[c] for r in rows] for c in columns}
 
 
-def zeroshot_metrics(image: torch.Tensor, labels: dict, classifier) -> dict[str, float]:
-    """image [S, E] normalised; ``labels`` {column: values} from :func:`read_labels`, same order.
+def heldout_protocol(prompt_set: str = "", prompts: list[str] | None = None, columns: list[str] | None = None
+                     ) -> Protocol:
+    """A protocol for labelled held-out studies from a prompt set (name or JSON file) or free prompts.
 
-    softmax classifier: one column of class names, or one-hot columns named like the classes;
-    binary classifier: a 0/1 column per class (classes without a column are ignored).
+    Binary (negative, positive) classes are scored as the official CT-RATE code scores them (P(positive) of
+    the pair softmax, metrics at the ROC-closest threshold, 'auc (zeroshot)' the mean); softmax classes as
+    one class per study ('balanced acc', AUC per class, 'mean auc'). The "ct-rate" and "rad-chestct" sets
+    take the official paper protocol's prompts and template.
     """
-    probs = classifier.probabilities(image.float()).numpy()  # [S, K]
-    names = classifier.names
-    out: dict[str, float] = {}
-    if classifier.mode == "softmax":
-        if len(labels) == 1:
-            values = next(iter(labels.values()))
-            unknown = sorted(set(values) - set(names))
-            if unknown:
-                raise ValueError(f"labels {unknown} have no prompt (classes: {names})")
-            y = np.array([names.index(v) for v in values])
-        else:
-            missing = [n for n in names if n not in labels]
-            if missing:
-                raise ValueError(f"label columns {list(labels)} lack the prompt classes {missing}")
-            y = np.argmax(np.array([[float(v) for v in labels[n]] for n in names]), axis=0)
-        out["zeroshot_balanced_acc"] = balanced_accuracy(y, probs.argmax(1))
-        aucs = [roc_auc(y == c, probs[:, c]) for c in range(len(names))]
+    if prompts:
+        classes, mode = parse_free_prompts(prompts)
+        spec = {"binary_prompts" if mode == "binary" else "classes": classes, "templates": []}
+    elif prompt_set in ("ct-rate", "rad-chestct"):
+        official = get_protocol(prompt_set, "paper")
+        spec = {"binary_prompts": dict(zip(official.names, official.prompts)),
+                "templates": list(official.templates)}
     else:
-        aucs, accs = [], []
-        for k, name in enumerate(names):
-            if name in labels:
-                y = np.array([float(v) > 0.5 for v in labels[name]])
-                aucs.append(roc_auc(y, probs[:, k]))
-                accs.append(balanced_accuracy(y.astype(int), (probs[:, k] > 0.5).astype(int)))
-        if not aucs:
-            raise ValueError(f"no label column matches the prompt classes {names}")
-        out["zeroshot_balanced_acc"] = float(np.mean(accs))
-    valid = [a for a in aucs if not np.isnan(a)]
-    out["zeroshot_macro_auc"] = float(np.mean(valid)) if valid else float("nan")
+        path = Path(prompt_set)
+        spec = json.loads(path.read_text()) if path.suffix == ".json" and path.is_file() else \
+            resolve_prompt_set(prompt_set)
+    binary = "binary_prompts" in spec and "classes" not in spec
+    table = spec["binary_prompts"] if binary else spec["classes"]
+    templates = spec.get("templates") or []
+    if isinstance(templates, dict):  # organ / volume sets: the volume templates
+        templates = templates.get("volume") or next(iter(templates.values()))
+    names = [n for n in table if columns is None or n in columns or not binary]
+    if not names:
+        raise ValueError(f"no label column matches the prompt classes {list(table)}")
+    prompt_values = [tuple(table[n]) if binary else ([table[n]] if isinstance(table[n], str) else list(table[n]))
+                     for n in names]
+    return Protocol(benchmark="held-out", version="training", resolved="training",
+                    source="labelled held-out studies (--zeroshot-csv)", layout="training", id_column="",
+                    labels=tuple(names), names=tuple(names), prompts=tuple(prompt_values),
+                    templates=tuple(templates or ["{}"]), score="pair-softmax" if binary else "softmax",
+                    input={"kind": "training"}, metrics="threshold" if binary else "classes",
+                    prefix="zeroshot")
+
+
+def heldout_targets(protocol: Protocol, labels: dict) -> np.ndarray:
+    """{column: values} -> [S, K] 0/1 targets in the protocol's class order."""
+    if protocol.score == "pair-softmax":
+        return np.array([[float(v) > 0.5 for v in labels[n]] for n in protocol.names], dtype=int).T
+    names = list(protocol.names)
+    if len(labels) == 1:
+        values = next(iter(labels.values()))
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown} have no prompt (classes: {names})")
+        return np.eye(len(names), dtype=int)[[names.index(v) for v in values]]
+    missing = [n for n in names if n not in labels]
+    if missing:
+        raise ValueError(f"label columns {list(labels)} lack the prompt classes {missing}")
+    onehot = np.array([[float(v) for v in labels[n]] for n in names]).T
+    return np.eye(len(names), dtype=int)[onehot.argmax(1)]
+
+
+def zeroshot_metrics(model, image: torch.Tensor, labels: dict, protocol: Protocol, ids: list[str]) -> dict:
+    """image [S, E] normalised; ``labels`` {column: values} from :func:`read_labels`, same order.
+    -> the protocol's metrics, flat, prefixed 'zeroshot ', plus 'zeroshot_macro_auc' (the mean AUC)."""
+    targets = heldout_targets(protocol, labels)
+    result = measure(model, protocol, image.float().numpy(), targets, ids)["metrics"]
+    out = {f"zeroshot {k}": v for k, v in flatten(result).items()}
+    out["zeroshot_macro_auc"] = result["auc (zeroshot)"] if protocol.score == "pair-softmax" else result["mean auc"]
     return out
 
 
@@ -130,11 +204,13 @@ def encode_studies(model, dataset, indices: list[int], device, autocast) -> tupl
 
 @torch.no_grad()
 def evaluate(model, dataset, *, device, autocast, ks=(1, 5, 10), max_studies: int = 0,
-             zeroshot: tuple | None = None) -> dict[str, float]:
-    """Retrieval on ``dataset`` (eval mode: all scans, sentences in order) and zero-shot when configured.
+             zeroshot: tuple | None = None, benchmarks: list[BenchmarkSpec] | None = None,
+             protocol: str = "paper") -> dict[str, float]:
+    """Retrieval on ``dataset`` (eval mode: all scans, sentences in order), held-out zero-shot when
+    configured, and the official ``benchmarks`` under ``protocol``.
 
-    ``zeroshot`` = (ids, labels, prompt_set, prompts): :func:`read_labels` and the prompt options; the
-    studies are looked up in ``dataset`` by id and those absent are skipped.
+    ``zeroshot`` = (ids, labels, prompt_set, prompts) from :func:`read_labels` and the prompt options; every
+    id must be a study of ``dataset`` (ValueError saying how many matched, with three that did not).
     """
     was_training = model.training
     model.eval()
@@ -149,12 +225,17 @@ def evaluate(model, dataset, *, device, autocast, ks=(1, 5, 10), max_studies: in
     if zeroshot is not None:
         ids, labels, prompt_set, prompts = zeroshot
         where = {dataset.study_id(i): i for i in range(len(dataset))}
-        keep = [k for k, sid in enumerate(ids) if sid in where]
-        if keep:
-            image, _ = encode_studies(model, dataset, [where[ids[k]] for k in keep], device, autocast)
-            with autocast():
-                classifier = make_classifier(model, prompt_set, prompts)
-            out.update(zeroshot_metrics(image, {c: [v[k] for k in keep] for c, v in labels.items()}, classifier))
-            out["zeroshot_studies"] = float(len(keep))
+        unmatched = [sid for sid in ids if sid not in where]
+        if unmatched:
+            raise ValueError(f"--zeroshot-csv: {len(ids) - len(unmatched)} of {len(ids)} ids are studies of the "
+                             f"evaluation data; unmatched: {', '.join(unmatched[:3])}")
+        proto = heldout_protocol(prompt_set, prompts, list(labels))
+        image, _ = encode_studies(model, dataset, [where[sid] for sid in ids], device, autocast)
+        with autocast():
+            out.update(zeroshot_metrics(model, image, labels, proto, list(ids)))
+        out["zeroshot_studies"] = float(len(ids))
+    if benchmarks:
+        with autocast():
+            out.update(benchmark_metrics(model, benchmarks, protocol))
     model.train(was_training)
     return out

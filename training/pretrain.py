@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     from . import checkpoint as ckpt_io
     from .data import StudyBatches, collate
     from .distributed import all_gather_object, all_reduce_mean, barrier, init_distributed
-    from .evaluate import evaluate, parse_free_prompts, read_labels
+    from .evaluate import evaluate, heldout_protocol, parse_eval_specs, read_labels
     from .loss import create_loss
     from .model_setup import (
         ContrastiveStep,
@@ -324,10 +324,10 @@ def train(cfg: TrainConfig, env: Dist | None = None):
     if cfg.zeroshot_csv:
         if not cfg.prompt_set and not cfg.prompts:
             raise ValueError("--zeroshot-csv needs --prompt-set or --prompts")
-        if cfg.prompts:
-            parse_free_prompts(cfg.prompts)  # fail now, not at the first evaluation
         ids, labels = read_labels(cfg.zeroshot_csv, cfg.zeroshot_id_column, cfg.zeroshot_labels)
+        heldout_protocol(cfg.prompt_set, cfg.prompts, list(labels))  # fail now, not at the first evaluation
         zeroshot = (ids, labels, cfg.prompt_set, cfg.prompts)
+    benchmarks = parse_eval_specs(cfg.eval)
 
     # -- resume ---------------------------------------------------------------------------------------------
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -380,13 +380,14 @@ def train(cfg: TrainConfig, env: Dist | None = None):
 
     def run_eval(final: bool = False, final_model=None) -> None:
         """Evaluate on rank 0; at the end with the model already gathered for export."""
-        if held_set is None and zeroshot is None:
+        if held_set is None and zeroshot is None and not benchmarks:
             return
         eval_model = final_model if final else gathered_model()
         if env.is_main:
             metrics = evaluate(eval_model, held_set if held_set is not None else train_set, device=device,
                                autocast=autocast, ks=tuple(cfg.recall_k or (1, 5, 10)),
-                               max_studies=cfg.max_eval_studies, zeroshot=zeroshot)
+                               max_studies=cfg.max_eval_studies, zeroshot=zeroshot, benchmarks=benchmarks,
+                               protocol=cfg.eval_protocol)
             step_module.train()  # evaluate() restored train mode; keep a cached text tower in eval
             if metrics:
                 log.eval(step, metrics)
@@ -457,8 +458,8 @@ def train(cfg: TrainConfig, env: Dist | None = None):
                 import shutil
 
                 shutil.copyfile(out / "checkpoints" / "last.pt", out / "checkpoints" / f"epoch_{epoch}.pt")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-            run_eval()
+        if step < total and ((cfg.eval_every and step % cfg.eval_every == 0) or (epoch_done and benchmarks)):
+            run_eval()  # the official benchmarks at the official cadence: every epoch
     bar.close()
     if last_saved != step:
         save("last.pt")
