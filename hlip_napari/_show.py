@@ -84,6 +84,7 @@ def _finish(viewer, study: Study) -> None:
     mid_study(viewer, study)
     if shown:
         viewer.layers.selection.active = shown[0]
+    viewer.status = f"{study_label(study)} · {study.description or study.uid}"  # not the closed study's layer
     on_screen(viewer).show(study)
 
 

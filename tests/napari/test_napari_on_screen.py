@@ -212,6 +212,7 @@ def test_the_next_study_opens_mid_study_not_where_the_last_one_was(folders, make
     layer = scan_layers(viewer, study)[0]
     lo, hi = np.asarray(layer.extent.world, dtype=float)
     assert np.allclose(np.asarray(viewer.dims.point)[0], (lo[0] + hi[0]) / 2, atol=abs(hi[0] - lo[0]) / 10 + 3)
+    assert study_label(study) in str(viewer.status)  # the status bar names the study on screen, not the MR
 
 
 def test_no_warm_up_thread_and_no_process_wide_switch(make_napari_viewer):
