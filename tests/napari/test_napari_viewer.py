@@ -38,8 +38,8 @@ def test_study_browser_docks_lists_scans_and_screenshot(tmp_path, make_napari_vi
     browser = viewer.window.dock_widgets["Study browser (hlip-napari)"]
     # the table is filled once the study's scans are all in (not per layer: each refresh is a repaint)
     qtbot.waitUntil(lambda: len(viewer.layers) == 2 and browser.table.rowCount() == 2, timeout=60_000)
-    cells = [[browser.table.item(r, c).text() for c in range(1, 7)] for r in range(2)]
-    assert cells[0] == ["2", "HEAD AX 3mm", "CT", "24×40×36", "3×1×1.2", "axial"]
+    cells = [[browser.table.item(r, c).text() for c in range(1, 6)] for r in range(2)]
+    assert cells[0] == ["2", "HEAD AX 3mm", "CT", "24×40×36\n3×1×1.2", "axial"]
     assert cells[1][0] == "3" and cells[1][-1] == "sagittal"
     assert browser.skipped.rowCount() >= 1
     assert any("README.txt" in browser.skipped.item(r, 0).text() for r in range(browser.skipped.rowCount()))
