@@ -9,7 +9,7 @@ from pathlib import Path
 
 PLUGIN = "hlip-napari"
 WIDGETS = ("Study browser", "Search studies", "Zero-shot prompts", "Relevance map", "PACS")
-OPTIONAL_WIDGETS = ("3-up hanging",)  # docked on demand (the browser's 3-up button): two more canvases
+OPTIONAL_WIDGETS = ("3-up hanging", "Worklist")  # on demand: the 3-up (two more canvases), the triage worklist
 
 
 def dock_widgets(viewer, names=WIDGETS) -> dict:

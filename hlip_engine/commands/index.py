@@ -2,6 +2,7 @@
 
   hlip index build LIBRARY --model CKPT --index DIR [--recipe NAME] [--workers N] [--resume] [--rebuild]
   hlip index build NODE --model CKPT --index DIR [--modality MR --date-from 2024-01-01 ...] [--keep] [--cache DIR]
+  hlip index add LIBRARY --model CKPT --index DIR [--recipe NAME] [--batch-size N]
   hlip index info DIR
 
 NODE is a PACS (a DICOMweb URL, dicom://CALLED_AET@host:port or a name from pacs_nodes.json; a folder that
@@ -13,6 +14,11 @@ studies not yet in the index (and those the PACS failed to deliver before).
 Scale-out: ``torchrun --nproc_per_node=G -m hlip_engine.index build ...`` shards the library
 across GPUs/nodes (DIR on a shared filesystem); rank 0 merges and publishes one index.
 A build killed at any moment continues with --resume; the index searches see is replaced atomically.
+
+``add`` puts the studies under LIBRARY into an existing index (or a new one) without a rebuild, each batch
+searchable at once: a study already there (same StudyInstanceUID) is skipped when unchanged and replaced when
+it changed; once the index has grown several-fold since its coarse quantiser was trained it is retrained.
+The DICOM listener (``hlip listen``) adds the studies it receives the same way.
 """
 from __future__ import annotations
 
@@ -68,6 +74,15 @@ def add_arguments(parser) -> None:
     p.add_argument("--move-port", type=int, default=None,
                    help="retrieve by C-MOVE to our own storage SCP on this port (PACSes that refuse C-GET)")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for each PACS answer (default 30)")
+    a = sub.add_parser("add", help="add the studies under LIBRARY to the index DIR without a rebuild",
+                       description="Add studies to an index at once (one entry per StudyInstanceUID).")
+    a.add_argument("library", metavar="LIBRARY", help="folder of studies (DICOM, NIfTI, HLIP tensors)")
+    a.add_argument("--model", required=True, help="model checkpoint the index was (or is to be) built with")
+    a.add_argument("--index", required=True, dest="index_dir", help="index folder to add to (created if absent)")
+    a.add_argument("--recipe", help="preprocessing recipe (default: the model's)")
+    a.add_argument("--batch-size", type=int, default=4, help="studies encoded together (default 4)")
+    a.add_argument("--keep-identifiers", action="store_true", help="also store patient names and IDs")
+    a.add_argument("--device", help="torch device for encoding (default: CUDA when available, else CPU)")
     i = sub.add_parser("info", help="what an index holds: model, counts, index type, skipped studies")
     i.add_argument("index_dir", metavar="DIR")
     i.add_argument("--json", action="store_true", help="print info.json")
@@ -98,7 +113,9 @@ def _node_of(args):
 def run(args) -> int:
     if args.index_command == "info":
         return _info(args)
-    from hlip_engine.index.build import build_library, build_node
+    if args.index_command == "add":
+        return _add(args)
+    from hlip_engine.index.embed_pipeline import build_library, build_node
     from hlip_engine.pacs import PacsError
 
     if args.workers < 0 or args.batch_size < 1:
@@ -126,6 +143,19 @@ def run(args) -> int:
     if report.error:
         print(f"hlip index: error: {report.error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _add(args) -> int:
+    from hlip_engine.index.add_studies import add_library
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    report = add_library(args.library, args.model, args.index_dir, recipe=args.recipe, batch_size=args.batch_size,
+                         device=args.device, keep_identifiers=args.keep_identifiers,
+                         log=lambda msg: print(msg, file=sys.stderr))
+    for line in report.lines():
+        print(line)
     return 0
 
 

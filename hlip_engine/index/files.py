@@ -4,7 +4,7 @@ Layout of an index folder ``DIR``::
 
     DIR/CURRENT                  one line naming the published version; replaced atomically (atomic.py)
     DIR/versions/<name>/         info.json, index.faiss, embeddings.f16, metadata.sqlite (never edited)
-    DIR/build/                   the durable build store (embedding chunks + progress), see build_store.py
+    DIR/build/                   the durable build store (embedding chunks + progress), see durable_store.py
     DIR/shards/rank-NNNNN/       one build store per torchrun rank, merged by rank 0
 
 Why a pointer file: a reader resolves CURRENT once and then only reads a version folder that is

@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from . import files
-from .build_store import BuildStore, identity_mismatch
+from .durable_store import BuildStore, identity_mismatch
 from .metadata import rows_to_dicts
 
 

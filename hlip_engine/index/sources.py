@@ -1,7 +1,7 @@
 """Where a build's studies come from: a library folder, or a PACS node (``hlip index build NODE ...``), and how
 one study is prepared for encoding (``prepare_study``: load + preprocess, in a DataLoader worker).
 
-The builder (build.py) asks a source for its studies once (``find``: headers only, or C-FIND / QIDO-RS) and
+The builder (embed_pipeline.py) asks a source for its studies once (``find``: headers only, or C-FIND / QIDO-RS) and
 then for a Dataset over the ones still to do, whose items its DataLoader workers prepare in parallel. A PACS
 study is prepared by retrieving it into the study cache (``iter_node_studies``), loading it with the ordinary
 loader and preprocessing it, then dropping its pixels from the cache unless ``keep`` (a study that was in the

@@ -1,6 +1,6 @@
 """``StudyIndex``: a published study library (FAISS index + SQLite metadata + info JSON in one folder), read-only.
 
-Writing one is :class:`~hlip_engine.index.index_build.IndexBuild`'s work (create / add / skip / commit,
+Writing one is :class:`~hlip_engine.index.version_writer.IndexBuild`'s work (create / add / skip / commit,
 which returns a ``StudyIndex``). Reading::
 
     index = StudyIndex.open("lib.index")
@@ -21,7 +21,7 @@ import numpy as np
 
 from . import faiss_index, files
 from . import metadata as md
-from .build_store import describe_identity, identity_mismatch
+from .durable_store import describe_identity, identity_mismatch
 from .files import IndexFormatError, ModelMismatchError
 from .vectors import EmbeddingFile, normalise
 
@@ -100,6 +100,16 @@ class StudyIndex:
         self.info, self.version, self._con = info, version, con
         self._embeddings = EmbeddingFile(version / "embeddings.f16", n, dim)
         self._searcher = faiss_index.Searcher(index, dict(info["index"]), self._embeddings, use_gpu=use_gpu)
+
+    def refresh(self) -> bool:
+        """Switch to the newest published version when CURRENT names another one (studies added since by
+        ``hlip index add`` or ``hlip listen``); True when it switched. One small read when nothing changed."""
+        version = files.current_version(self.root)
+        if self.version is not None and version.name == self.version.name:
+            return False
+        self._load_version(version, verify=False, use_gpu=self._searcher.gpu_index is not None
+                           if self._searcher is not None else None)
+        return True
 
     # --- reading ------------------------------------------------------------------------------
     def _reader(self) -> faiss_index.Searcher:

@@ -19,7 +19,7 @@ from blob_scans import blob_scan
 
 from hlip_engine.cli import main as hlip
 from hlip_engine.index import IndexFormatError, StudyIndex
-from hlip_engine.index.build import model_fingerprint
+from hlip_engine.index.embed_pipeline import model_fingerprint
 from hlip_engine.io import load_study, write_dicom_series
 from hlip_engine.study import PatientInfo
 
@@ -162,7 +162,7 @@ def test_kill_9_then_resume_redoes_nothing(tiny, tmp_path):
     with pytest.raises(IndexFormatError, match="not finished"):
         StudyIndex.open(ix)
 
-    from hlip_engine.index.build import build_library
+    from hlip_engine.index.embed_pipeline import build_library
 
     report = build_library(lib, tiny["ckpt"], ix, workers=0, resume=True, progress=False, log=lambda m: None)
     assert report.already_done >= done_before >= 2

@@ -59,7 +59,7 @@ def _break_one_file(server: Orthanc, study_uid: str) -> None:
 def site(tmp_path_factory):
     """A tiny model; a library of 6 MR studies + 1 CT (the brain-MRI recipe skips it), indexed locally; an Orthanc
     holding the same studies plus one it cannot deliver."""
-    from hlip_engine.index.build import build_library
+    from hlip_engine.index.embed_pipeline import build_library
     from hlip_engine.model import create_model
 
     root = tmp_path_factory.mktemp("pacs_index")

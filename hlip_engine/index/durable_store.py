@@ -7,6 +7,9 @@ orphan chunk file that the next open deletes; a kill anywhere else leaves a cons
 rows of a chunk are the studies of that transaction, so row ids stay contiguous (0..n-1).
 ``--resume`` reopens the store and skips every study whose key it holds (indexed or skipped).
 The store stays after a commit, so a later ``--resume`` adds new studies without re-encoding old ones.
+``replace`` overwrites studies in place (same row ids): each touched chunk is rewritten under a new name and
+swapped in by the same kind of transaction. Every change bumps ``generation``, which a published version
+records, so a writer reopening the folder knows whether the published index shows everything stored.
 """
 from __future__ import annotations
 
@@ -98,7 +101,9 @@ class BuildStore:
         if writable:
             (self.folder / "chunks").mkdir(parents=True, exist_ok=True)
             self._lock()
-        self.con = sqlite3.connect(self.folder / "build.sqlite", isolation_level=None, timeout=60)
+        # one writer at a time (the build lock); a live index's threads take turns under its own lock
+        self.con = sqlite3.connect(self.folder / "build.sqlite", isolation_level=None, timeout=60,
+                                   check_same_thread=False)
         self.con.row_factory = sqlite3.Row
         if writable:
             self._create_tables(identity)
@@ -115,6 +120,7 @@ class BuildStore:
             self.con.execute("CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT)")
             self.con.execute(md.STUDIES_SQL)
             self.con.execute(md.SKIPPED_SQL)
+            self.con.execute("CREATE INDEX IF NOT EXISTS studies_uid ON studies(study_uid)")
             self.con.execute("CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, file TEXT, "
                              "first_row INTEGER, n INTEGER)")
             if not self.con.execute("SELECT 1 FROM info WHERE name='identity'").fetchone():
@@ -187,6 +193,7 @@ class BuildStore:
                     "recipe, extra) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [(first + j, *r) for j, r in enumerate(rows)])
                 self.con.executemany("DELETE FROM skipped WHERE key = ?", keys)  # a retried study now succeeded
+                self._bump()
         except sqlite3.IntegrityError:
             path.unlink(missing_ok=True)
             dup = next((k for (k,) in keys if self.has(k)), None) or _first_duplicate([r[0] for r in rows])
@@ -199,10 +206,76 @@ class BuildStore:
     def skip(self, key: str, path: str, reason: str) -> None:
         with self._transaction():
             self.con.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", (key, path, reason))
+            self._bump()
+
+    def replace(self, ids: Sequence[int], vectors: np.ndarray, metas: Sequence[dict[str, Any]]) -> None:
+        """Durably overwrite the studies at row ``ids`` (embedding and metadata); their row ids stay.
+
+        Each chunk holding one of them is rewritten whole under a new name (fsynced), then one transaction
+        points the chunk table at the new files and updates the rows; the old files are deleted after it.
+        A kill before the transaction leaves orphans the next open deletes, and the old data intact."""
+        v = normalise(vectors, "study embeddings", self.dim)
+        ids = [int(i) for i in ids]
+        if len(ids) != len(v) or len(metas) != len(v):
+            raise ValueError(f"{len(ids)} row ids, {len(v)} embeddings and {len(metas)} metadata entries")
+        if not ids:
+            return
+        recipe = self.identity.get("recipe", "")
+        rows = [md.study_row({"recipe": recipe, **m}, self.keep_identifiers) for m in metas]
+        chunks = self.con.execute("SELECT id, file, first_row, n FROM chunks ORDER BY first_row").fetchall()
+        starts = [int(c["first_row"]) for c in chunks]
+        touched: dict[int, list[int]] = {}
+        for j, row in enumerate(ids):
+            c = int(np.searchsorted(starts, row, side="right")) - 1
+            if c < 0 or row >= starts[c] + int(chunks[c]["n"]):
+                raise ValueError(f"no study with row id {row} in this build store")
+            touched.setdefault(c, []).append(j)
+        written: list[tuple[int, str, str]] = []  # (chunk id, old file, new file)
+        try:
+            for c, js in touched.items():
+                chunk = chunks[c]
+                raw = np.fromfile(self.folder / "chunks" / chunk["file"], dtype=DTYPE).reshape(int(chunk["n"]), self.dim)
+                for j in js:
+                    raw[ids[j] - int(chunk["first_row"])] = v[j].astype(DTYPE)
+                name = f"chunk-{secrets.token_hex(8)}.f16"
+                atomic_write_bytes(self.folder / "chunks" / name, raw.tobytes())
+                written.append((int(chunk["id"]), chunk["file"], name))
+            with self._transaction():
+                self.con.executemany("UPDATE chunks SET file=? WHERE id=?", [(new, cid) for cid, _, new in written])
+                self.con.executemany(
+                    "UPDATE studies SET key=?, path=?, study_uid=?, date=?, modality=?, description=?, n_scans=?, "
+                    "recipe=?, extra=? WHERE id=?", [(*r, row) for r, row in zip(rows, ids)])
+                self.con.executemany("DELETE FROM skipped WHERE key = ?", [(r[0],) for r in rows])
+                self._bump()
+        except BaseException:
+            for _, _, new in written:
+                (self.folder / "chunks" / new).unlink(missing_ok=True)
+            raise
+        for _, old, _ in written:
+            (self.folder / "chunks" / old).unlink(missing_ok=True)
+
+    def _bump(self) -> None:
+        """Count one more change (inside the caller's transaction)."""
+        self.con.execute("INSERT INTO info VALUES ('generation', '1') ON CONFLICT(name) DO UPDATE "
+                         "SET value = CAST(value AS INTEGER) + 1")
+
+    @property
+    def generation(self) -> int:
+        """How many changes (adds, replacements, skips) the store has taken: what a publication reflects."""
+        row = self.con.execute("SELECT value FROM info WHERE name='generation'").fetchone()
+        return int(row[0]) if row else 0
 
     # --- reading ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.con.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+
+    def find(self, key: str, study_uid: str = "") -> sqlite3.Row | None:
+        """The stored row of a study by key, else by StudyInstanceUID (when given); None when absent."""
+        row = self.con.execute("SELECT * FROM studies WHERE key=?", (key,)).fetchone()
+        if row is None and study_uid:
+            row = self.con.execute("SELECT * FROM studies WHERE study_uid=? ORDER BY id LIMIT 1",
+                                   (study_uid,)).fetchone()
+        return row
 
     def has(self, key: str) -> bool:
         return self.con.execute("SELECT 1 FROM studies WHERE key=?", (key,)).fetchone() is not None

@@ -1,7 +1,7 @@
 """Index a library of studies with a model: discover -> load + preprocess (worker processes) -> encode -> store.
 
 The same function runs alone or under torchrun (each rank embeds its shard, rank 0 merges and
-publishes; see shard.py). Everything finished is durable (build_store.py): kill -9 at any moment,
+publishes; see shard.py). Everything finished is durable (durable_store.py): kill -9 at any moment,
 then ``--resume`` continues with the studies not yet indexed or skipped.
 
 ``build_node`` is the same build over the studies of a PACS node (sources.py): found by C-FIND / QIDO-RS,
@@ -20,10 +20,10 @@ from ..model.checkpoint import model_fingerprint
 from ..preprocessing import model_recipe
 from ..search import encode_prepared
 from .files import IndexFormatError
-from .index_build import IndexBuild
 from .reports import match_impression, read_impressions
 from .shard import Group, Ranks, finished_keys, merge_shards, shard_dir
 from .sources import FolderSource, NodeSource, _one_line, prepare_study, study_key
+from .version_writer import IndexBuild
 
 __all__ = ["BuildReport", "build_library", "build_node", "prepare_study", "study_key"]
 

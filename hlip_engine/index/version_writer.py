@@ -9,7 +9,7 @@
     index = build.commit()            # trains/tunes the FAISS index, publishes atomically -> StudyIndex
     build.close()                     # releases the build lock
 
-Everything added is durable at once (build_store.py): a killed build resumes with ``resume=True``.
+Everything added is durable at once (durable_store.py): a killed build resumes with ``resume=True``.
 Reading is :class:`~hlip_engine.index.store.StudyIndex`'s alone; this class never searches.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from . import faiss_index, files
 from . import metadata as md
-from .build_store import BuildStore, describe_identity, identity_mismatch, remove_store
+from .durable_store import BuildStore, describe_identity, identity_mismatch, remove_store
 from .files import BuildConflictError, IndexFormatError, ModelMismatchError
 from .store import StudyIndex
 from .vectors import EmbeddingFile, normalise
@@ -170,7 +170,7 @@ class IndexBuild:
             self._write_metadata(store, tmp / "metadata.sqlite")
             say("publishing")
             info = {"identity": store.identity, "count": n, "skipped": len(store.skipped()),
-                    "index": plan, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "index": plan, "trained_count": n, "store_generation": store.generation, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "commit_seconds": round(time.time() - t0, 2), **(extra_info or {})}
             version = files.publish(self.root, tmp, name, info)
         except BaseException:
