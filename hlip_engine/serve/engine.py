@@ -259,6 +259,7 @@ class Engine:
         from hlip_engine import search as retrieval
 
         with self.index_lock:
+            self.index.refresh()  # studies added since (hlip index add, hlip listen): one small read otherwise
             try:
                 return retrieval.hits_document(self.index, vector, query=query, k=k, filters=filters,
                                                exclude=exclude, index_name=self.config.index)
@@ -318,6 +319,7 @@ class Engine:
         from hlip_engine import search as retrieval
 
         with self.index_lock:
+            self.index.refresh()
             return retrieval.like_query(self.index, study, label=label)
 
     async def search(self, *, text: str | None, study_uid: str | None, k: int, filters: dict,
