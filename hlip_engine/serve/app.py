@@ -242,6 +242,24 @@ def create_app(engine: Engine) -> FastAPI:
         return Response(data, media_type="application/zip",
                         headers={"Content-Disposition": 'attachment; filename="relevance.zip"'})
 
+    @app.post("/v1/report", tags=["questions"], dependencies=auth, openapi_extra=_study_body(),
+              responses={200: {"content": {"application/zip": {}}, "description": (
+                  "a zip: hlip_sr.dcm (TID 1500 SR), one hlip_map_*.dcm Parametric Map per relevance prompt "
+                  "and source series, report.json")}})
+    async def report_route(request: Request,
+                           prompt_set: Annotated[str | None, Query(max_length=64)] = None,
+                           relevance: Annotated[list[Text] | None, Query(max_length=16)] = None,
+                           method: Annotated[str | None, Query(max_length=32)] = None,
+                           send: bool = False) -> Response:
+        """``hlip report``'s DICOM objects of the study (research results, UNVERIFIED), zipped; ``send``
+        stores them on the server's own PACS node (``--pacs``)."""
+        phrases = [p for p in relevance or [] if p.strip()]
+        if prompt_set is None and not phrases:
+            raise ClientError(422, "give prompt_set, relevance prompts, or both")
+        data = await with_study(request, lambda source: engine.report(source, prompt_set, phrases, method, send))
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="hlip_report.zip"'})
+
     @app.post("/v1/embed", tags=["questions"], dependencies=auth, openapi_extra=_study_body())
     async def embed(request: Request) -> dict:
         """The study's L2-normalised embedding (what ``hlip embed`` prints), with the model's name and recipe."""

@@ -408,6 +408,36 @@ class Engine:
         seconds = time.perf_counter() - t0
         return await self.on_prep(self._relevance_zip, job, rel, seconds)
 
+    async def report(self, source, prompt_set: str | None, relevance_prompts: list[str], method: str | None,
+                     send: bool) -> bytes:
+        """``hlip report`` for the study: the SR and relevance maps zipped, stored on the server's own PACS
+        node (``--pacs``) when ``send`` (never a node the client names)."""
+        from hlip_engine.pacs import PacsError
+        from hlip_engine.report import report_archive
+        from hlip_engine.report.compute import analyse
+
+        if send and (not self.config.pacs or self.pacs_problem):
+            raise ClientError(422, "send: this server has no PACS node to store on (start it with --pacs NODE)")
+        job, prepared = await self.prepared(source)
+
+        def run():
+            try:
+                return analyse(self.model, job.study, prompt_set=prompt_set, relevance_prompts=relevance_prompts,
+                               method=method, prepared=prepared)
+            except ValueError as e:
+                raise ClientError(422, str(e)) from None
+
+        analysis = await asyncio.wrap_future(self.worker.call(run))
+
+        def archive() -> bytes:
+            try:
+                return report_archive(analysis, send=self.config.pacs if send else None,
+                                      tmp_dir=self.config.tmp_dir)
+            except PacsError as e:
+                raise ClientError(502, str(e)) from None
+
+        return await self.on_prep(archive)
+
     def _relevance_zip(self, job: StudyJob, rel, seconds: float) -> bytes:
         """relevance.json (the CLI's summary + one entry per NIfTI) + one NIfTI per scan + tokens.npy."""
         import tempfile

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 
 EXAMPLES = 200  # per operation and mode; about 20 s in all on 2 CPU cores
 
@@ -28,12 +29,14 @@ def api_schema(server):
 def test_the_schema_covers_every_route(api_schema):
     names = {f"{op.ok().method.upper()} {op.ok().path}" for op in api_schema.get_all_operations()}
     assert names == {"GET /v1/health", "GET /v1/info", "POST /v1/search", "POST /v1/zeroshot",
-                     "POST /v1/relevance", "POST /v1/embed", "GET /v1/studies/{study_uid}"}
+                     "POST /v1/relevance", "POST /v1/report", "POST /v1/embed", "GET /v1/studies/{study_uid}",
+                     "POST /dicom-web/studies", "POST /dicom-web/studies/{study}"}
 
 
 @pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
 def test_no_generated_request_gets_a_5xx(api_schema, server, mode):
     seen: dict[str, set[int]] = {}
+    unsatisfiable: list[str] = []
     for result in api_schema.get_all_operations():
         operation = result.ok()
         if mode == schemathesis.GenerationMode.NEGATIVE and operation.path in ("/v1/health", "/v1/info"):
@@ -47,9 +50,15 @@ def test_no_generated_request_gets_a_5xx(api_schema, server, mode):
             assert response.status_code < 500, (case.method, case.formatted_path, case.query, response.text[:300])
             seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
 
-        check()
+        try:
+            check()
+        except Unsatisfiable:
+            # nothing in this operation's schema can be made invalid (the STOW-RS body is any bytes)
+            assert mode == schemathesis.GenerationMode.NEGATIVE and operation.path.startswith("/dicom-web/")
+            unsatisfiable.append(operation.path)
         assert list(server.tmp_dir.iterdir()) == []
-    assert len(seen) == (5 if mode == schemathesis.GenerationMode.NEGATIVE else 7), seen
+    routes = 10 - (2 if mode == schemathesis.GenerationMode.NEGATIVE else 0) - len(unsatisfiable)
+    assert len(seen) == routes, seen
     if mode == schemathesis.GenerationMode.NEGATIVE:
         assert all(any(400 <= c < 500 for c in codes) for codes in seen.values()), seen
     else:
