@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the route's annotations here
 
-from .receive import CANNOT_UNDERSTAND, MISMATCH, OUT_OF_RESOURCES, check_instance
+from .instance_check import CANNOT_UNDERSTAND, MISMATCH, OUT_OF_RESOURCES, check_instance
 from .spool import Spool, SpoolFull, check_uid
 
 BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)

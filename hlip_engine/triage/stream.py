@@ -16,7 +16,7 @@ import threading
 import time
 
 from .headers import Unreadable, scan
-from .receive import CANNOT_UNDERSTAND, MISMATCH, OUT_OF_RESOURCES, SUCCESS, check_instance
+from .instance_check import CANNOT_UNDERSTAND, MISMATCH, OUT_OF_RESOURCES, SUCCESS, check_instance
 from .spool import SpoolFull, check_uid
 
 log = logging.getLogger("hlip.listen")
@@ -156,6 +156,6 @@ def _attributes(view, ts: str) -> dict:
             pass
     import io
 
-    from .receive import instance_attributes
+    from .instance_check import instance_attributes
 
     return instance_attributes(io.BytesIO(bytes(view)), ts)

@@ -99,7 +99,8 @@ def test_a_study_holding_an_earlier_report_gets_the_same_report_again(model, pha
     for path in first.files:  # as retrieved from a PACS the report was sent to
         shutil.copy(path, study_dir / path.name)
     study = load_study(study_dir)
-    assert sum(s.modality == "OT" for s in study.scans) == len(first.maps)  # the loader reads the maps as scans
+    assert not any(s.modality == "OT" for s in study.scans)  # the loader skips our maps: results, not scans
+    assert sum("parametric map" in why for _item, why in study.skipped) == len(first.maps)
     again = make_report(study, model, tmp_path / "again", relevance_prompts=["glioma"], method="last-block")
     uids = lambda r: sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in r.files)  # noqa: E731
     assert uids(again) == uids(first)  # no map of a map; sending it replaces the stored one

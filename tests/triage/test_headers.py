@@ -11,7 +11,7 @@ from pydicom.sequence import Sequence
 from pynetdicom.dsutils import encode
 
 from hlip_engine.triage.headers import Unreadable, scan
-from hlip_engine.triage.receive import check_instance, instance_attributes
+from hlip_engine.triage.instance_check import check_instance, instance_attributes
 
 
 def sample(undefined: bool) -> Dataset:
