@@ -16,7 +16,7 @@ import numpy as np
 
 from ._layers import KIND_KEY, study_label, study_of
 from ._napari_compat import wheel_slice_callbacks
-from ._view import camera, unwrap
+from ._view import PLANES, camera, unwrap
 
 # world axis -> (letter at its low end, letter at its high end); world = (S, P, L) as in _layers
 LETTERS = {0: ("I", "S"), 1: ("A", "P"), 2: ("R", "L")}
@@ -26,6 +26,7 @@ ZOOM_STEP = 1.15  # per wheel notch with Ctrl
 NARROW_PX = 520  # a canvas narrower than this gets the small corner texts
 WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
+NO_STUDY_TEXT = "No study open\nFile ▸ Open a study folder,\nor the Study browser"
 
 _READINGS: dict[int, tuple[weakref.ref, Reading]] = {}
 
@@ -113,6 +114,7 @@ class Reading:
         viewer.layers.selection.events.active.connect(self._refresh)
         if any(study_of(layer) is not None for layer in viewer.layers):
             self.start()
+        self._refresh()  # an empty viewer says how to open a study
 
     @property
     def viewer(self):
@@ -263,7 +265,11 @@ class Reading:
         viewer = self.viewer
         layer = reference_layer(viewer) if viewer is not None else None
         if layer is None:
-            return {}
+            # an empty viewer (no layer at all, not a 3-up plane): how to open a study, and the letters of the
+            # axial hanging a study opens in
+            if viewer is None or len(viewer.layers) or self.compact:
+                return {}
+            return {"info": NO_STUDY_TEXT, **edge_letters(*PLANES["axial"])}
         study = study_of(layer)
         # one item per line, each short: the corner text must not reach the orientation letter at the top
         limit = self.line_limit()
@@ -299,7 +305,7 @@ class Reading:
 
     def _refresh(self, *_args) -> None:
         viewer = self.viewer
-        if viewer is None or not self._started:
+        if viewer is None:
             return
         texts = self.texts()
         if self.compact and "info" in texts:

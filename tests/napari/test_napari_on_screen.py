@@ -421,3 +421,22 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
         compare = getattr(browser, "_compare", None)
         if compare is not None:  # the compare canvas is napari's QtViewer too: closed before the viewer
             compare.close_canvases()
+
+
+def test_an_empty_viewer_says_how_to_open_a_study(folders, make_napari_viewer):
+    """With the plugin docked and nothing open, the corner says how to open a study and the edges show the
+    axial hanging a study opens in; a study replaces that; closing it brings the hint back; a viewer holding
+    someone else's image gets no plugin text over it."""
+    from hlip_napari._reading import NO_STUDY_TEXT
+
+    viewer = make_napari_viewer()
+    dock_widgets(viewer, ("Study browser",))
+    overlays = viewer.canvas.overlays
+    assert overlays["hlip_info"].text == NO_STUDY_TEXT
+    assert (overlays["hlip_top"].text, overlays["hlip_left"].text) == ("A", "R")
+    viewer.open(str(folders["ct"]), plugin="hlip-napari")
+    assert overlays["hlip_info"].text.startswith(study_label(on_screen(viewer).study))
+    viewer.layers.clear()
+    assert on_screen(viewer).study is None and overlays["hlip_info"].text == NO_STUDY_TEXT
+    viewer.add_image(np.zeros((4, 4), np.float32), name="someone else's")
+    assert overlays["hlip_info"].text == "" and overlays["hlip_top"].text == ""
