@@ -262,6 +262,7 @@ class StudyBrowser(QWidget):
             self.compare_widget().show_study(studies[0])
             self.screen.set_prior(studies[0])
             self.refresh()
+            self._show_header(self.study)  # the header of the study on screen, not "Opening …"
             return []
         return show_study(self.viewer, studies)
 

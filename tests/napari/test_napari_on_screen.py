@@ -296,7 +296,10 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
                 docks_search._opened(load_studies(path), path)
             _settle(qtbot)
             if browser.compare.isChecked() and screen.prior is not None and route == "browser":
-                return  # compare mode: the browser opened it beside the study on screen
+                # compare mode: the browser opened it beside the study on screen, and says whose header it shows
+                assert path in screen.prior.source and "Opening" not in browser.title.text()
+                self.expect_failure = None
+                return
             assert screen.study is not None and path in screen.study.source
             self.expect_failure = None
 
@@ -440,3 +443,20 @@ def test_an_empty_viewer_says_how_to_open_a_study(folders, make_napari_viewer):
     assert on_screen(viewer).study is None and overlays["hlip_info"].text == NO_STUDY_TEXT
     viewer.add_image(np.zeros((4, 4), np.float32), name="someone else's")
     assert overlays["hlip_info"].text == "" and overlays["hlip_top"].text == ""
+
+
+def test_a_study_opened_beside_for_comparison_leaves_the_browser_naming_the_study_on_screen(
+        folders, make_napari_viewer, qtbot):
+    """Found by the model-based test: a prior opened in compare mode left the browser saying "Opening …"."""
+    viewer = make_napari_viewer()
+    browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
+    viewer.open(str(folders["mr"]), plugin="hlip-napari")
+    study = on_screen(viewer).study
+    browser.compare.setChecked(True)
+    browser.open_path(str(folders["ct"]))
+    qtbot.waitUntil(lambda: on_screen(viewer).prior is not None, timeout=30_000)
+    assert on_screen(viewer).study is study and str(folders["ct"]) in on_screen(viewer).prior.source
+    assert "Opening" not in browser.title.text() and study.description in browser.title.text()
+    browser.compare.setChecked(False)
+    assert on_screen(viewer).prior is None
+    browser._compare.close_canvases()
