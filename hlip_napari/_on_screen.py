@@ -29,7 +29,6 @@ class OnScreen:
     """The study on screen (``study``), the compare prior (``prior``), and the study on its way in."""
 
     study_changed = Signal(object)  # the new study, or None when the screen was emptied
-    prior_changed = Signal(object)
     failed = Signal(str)  # an open that failed, in words: the study on screen stays
 
     def __init__(self) -> None:
@@ -70,7 +69,6 @@ class OnScreen:
 
     def set_prior(self, study) -> None:
         self.prior = study
-        self.prior_changed.emit(study)
 
     @property
     def switching(self) -> bool:
