@@ -174,8 +174,12 @@ def scan_layer_data(study: Study, index: int, *, visible: bool = True, prefix: s
 
 
 def study_layer_data(study: Study, prefix: str | None = None) -> list[tuple]:
-    """All scans of a study; only the first is visible, since every scan fills the same patient space."""
-    return [scan_layer_data(study, i, visible=(i == 0), prefix=prefix) for i in range(len(study.scans))]
+    """All scans of a study; only the first is visible, since every scan fills the same patient space.
+
+    Last scan first: napari lists the last layer added at the top, so its layer list then reads top-down in
+    the study's series order, and the first scan (the one shown) comes in last, which napari makes the active
+    layer itself (its controls are the ones on screen; no second selection change and repaint)."""
+    return [scan_layer_data(study, i, visible=(i == 0), prefix=prefix) for i in reversed(range(len(study.scans)))]
 
 
 def relevance_colormap():

@@ -45,7 +45,11 @@ def prefer_for_studies() -> list[str]:
         return []
     added = [p for p in READER_PATTERNS if p not in current]
     if added:
-        plugins.extension2reader = {**current, **dict.fromkeys(added, PLUGIN)}
+        try:
+            plugins.extension2reader = {**current, **dict.fromkeys(added, PLUGIN)}
+        except OSError as e:  # napari saves its settings file at once: a read-only one keeps napari's choice
+            log.warning("could not record hlip-napari as the reader for studies in napari's settings: %s", e)
+            return []
     return added
 
 
@@ -66,15 +70,18 @@ def _claims_file(name: str, path: str) -> bool:
     return _is_dicom_file(path)
 
 
-def _claims_folder(folder: str) -> bool:
-    """Whether a folder looks like a study: a DICOMDIR, DICOM/NIfTI files or HLIP .pt tensors inside."""
+def _claims_folder(folder: str, denied: list[str] | None = None) -> bool:
+    """Whether a folder looks like a study: a DICOMDIR, DICOM/NIfTI files or HLIP .pt tensors inside.
+    Folders it had no permission to list are appended to ``denied``."""
     probes = 0
     stack = [(folder, 0)]
     while stack and probes < MAX_PROBES:
         current, depth = stack.pop()
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
+        except OSError as e:
+            if isinstance(e, PermissionError) and denied is not None:
+                denied.append(current)
             continue
         for entry in entries:
             if probes >= MAX_PROBES:
@@ -134,6 +141,12 @@ def load_studies(path: str) -> list:
     from hlip_engine import StudyLoadError, discover, load_study
 
     target = _study_path(path)
+    denied: list[str] = []
+    if os.path.isdir(target) and not _claims_folder(target, denied):
+        if denied:
+            where = "" if denied[0] == target else f" ({os.path.relpath(denied[0], target)})"
+            raise StudyLoadError(f"{target}: no permission to read this folder{where}; ask for read access")
+        raise StudyLoadError(f"{target}: no study here (no DICOM, DICOMDIR, NIfTI or HLIP .pt files found)")
     try:
         return [load_study(target)]
     except StudyLoadError:
@@ -159,8 +172,6 @@ def read_study(path) -> list[tuple]:
     path = os.fspath(path)
     viewer = _current_viewer()
     try:
-        if not _claims_folder(path) and os.path.isdir(path):
-            raise StudyLoadError(f"{path}: no study here (no DICOM, DICOMDIR, NIfTI or HLIP .pt files found)")
         studies = load_studies(path)
         studies = [s for s in studies if s.scans] + [s for s in studies if not s.scans]
         layers = study_layer_data(studies[0]) if studies else []

@@ -27,6 +27,22 @@ NARROW_PX = 520  # a canvas narrower than this gets the small corner texts
 WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
 NO_STUDY_TEXT = "No study open\nFile ▸ Open a study folder,\nor the Study browser"
+LEGEND_WINDOWS = (("Brain", "Subdural", "Stroke"), ("Bone", "Lung", "Mediastinum"))  # two lines of W/L presets
+CORNERS = (("info", "top_left"), ("legend", "bottom_left"), *EDGES.items())
+
+
+def legend_text() -> str:
+    """What an empty viewer shows at the bottom left: the PACS mouse (it is not napari's own) and the CT
+    windows of the Study browser's window box (W/L in HU), as a reader's quick reference."""
+    from hlip_engine.windows import window_presets
+
+    presets = window_presets()
+    lines = ["Mouse: wheel = next image · Ctrl+wheel = zoom", "left drag = window · Shift+drag = pan",
+             "CT windows W/L:"]
+    for names in LEGEND_WINDOWS:
+        lines.append(" · ".join(f"{n} {presets[n]['width']:.0f}/{presets[n]['level']:.0f}" for n in names
+                                if n in presets))
+    return "\n".join(lines)
 
 _READINGS: dict[int, tuple[weakref.ref, Reading]] = {}
 
@@ -103,6 +119,7 @@ class Reading:
         self.compact = False  # small canvases (3-up planes): slice and window only, smaller letters
         self._saved_wheel: list = []
         self._started = False  # the texts and the PACS mouse come with the plugin's first study
+        self._screen = None  # the viewer's OnScreen once :meth:`follow` is called (the 3-up planes have none)
         viewer.layers.events.inserted.connect(self._inserted)
         viewer.layers.events.removed.connect(self._refresh)
         viewer.dims.events.point.connect(self._refresh)
@@ -119,6 +136,17 @@ class Reading:
     @property
     def viewer(self):
         return self._viewer()
+
+    def follow(self, screen) -> None:
+        """Draw the texts from ``screen`` (the viewer's :class:`OnScreen`): the study on screen's, redrawn once
+        when a switch ends (``study_changed``), and blank while a switch is under way, so a corner never names
+        one patient over another's images. napari paints during a switch (a new slider, the layer controls):
+        the texts are not rasterised there."""
+        if self._screen is screen:
+            return
+        self._screen = screen
+        screen.study_changed.connect(self._refresh)
+        self._refresh()
 
     def _inserted(self, event) -> None:
         layer = event.value
@@ -137,11 +165,12 @@ class Reading:
             return
         self._started = True
         viewer = self.viewer
-        for key, position in (("info", "top_left"), *EDGES.items()):
-            self._overlay(key, position, 10 if key == "info" else 13)
+        for key, position in CORNERS:
+            self._overlay(key, position, 13 if key in EDGES else 10)
         bar = viewer.canvas.overlays["scale_bar"]
         bar.box = False  # on the image, like the corner texts
-        bar.visible = True
+        if self._screen is None:
+            bar.visible = True  # else with the study on screen (see _refresh)
         self.set_pacs(True)
         self._refresh()
 
@@ -263,13 +292,19 @@ class Reading:
     def texts(self) -> dict[str, str]:
         """What each canvas text says now: ``info`` (top left), ``slice``, ``window``, and the edge letters."""
         viewer = self.viewer
+        screen = self._screen
+        if viewer is not None and screen is not None and (
+                screen.switching or (len(viewer.layers) and screen.study is None)):
+            return {}  # a study is on its way in: nothing until it is on screen
         layer = reference_layer(viewer) if viewer is not None else None
+        if screen is not None and layer is not None and study_of(layer) is not screen.study:
+            return {}
         if layer is None:
             # an empty viewer (no layer at all, not a 3-up plane): how to open a study, and the letters of the
             # axial hanging a study opens in
             if viewer is None or len(viewer.layers) or self.compact:
                 return {}
-            return {"info": NO_STUDY_TEXT, **edge_letters(*PLANES["axial"])}
+            return {"info": NO_STUDY_TEXT, "legend": legend_text(), **edge_letters(*PLANES["axial"])}
         study = study_of(layer)
         # one item per line, each short: the corner text must not reach the orientation letter at the top
         limit = self.line_limit()
@@ -316,8 +351,14 @@ class Reading:
             texts["info"] += "\n" + texts.pop("window")
         texts["info"] = texts.get("info", "").strip("\n")
         small = 8 if self.narrow() else 10
-        for key, position in (("info", "top_left"), *EDGES.items()):
-            size = small if key == "info" else small + 3
+        if self._screen is not None and self._started:
+            # the scale bar measures the study on screen: it comes and goes with it (drawn after a switch)
+            bar = viewer.canvas.overlays["scale_bar"]
+            wanted = self._screen.study is not None and not self._screen.switching
+            if bar.visible != wanted:
+                bar.visible = wanted
+        for key, position in CORNERS:
+            size = small + 3 if key in EDGES else small
             overlay = self._overlay(key, position, size)
             if overlay.font_size != size:
                 overlay.font_size = size

@@ -30,7 +30,7 @@ _OPENING: set[int] = set()  # viewers whose switch :func:`show_study` ends itsel
 def watch(viewer) -> None:
     """Follow ``viewer``'s layer list so a study arriving by any path is one transaction (once per viewer)."""
     viewer = unwrap(viewer)
-    reading(viewer)
+    reading(viewer).follow(on_screen(viewer))
     try:
         if viewer in _WATCHED:
             return
@@ -82,7 +82,7 @@ def _left(viewer, layer) -> None:
 def _finish(viewer, study: Study) -> None:
     shown = scan_layers(viewer, study)
     mid_study(viewer, study)
-    if shown:
+    if shown and viewer.layers.selection.active is not shown[0]:  # napari made the last one in active
         viewer.layers.selection.active = shown[0]
     viewer.status = f"{study_label(study)} · {study.description or study.uid}"  # not the closed study's layer
     on_screen(viewer).show(study)

@@ -9,7 +9,7 @@ import numpy as np
 
 from hlip_engine.study import Study
 
-from ._layers import KIND_KEY, STUDY_KEY, UNITS, study_label, study_of
+from ._layers import KIND_KEY, SCAN_KEY, STUDY_KEY, UNITS, study_label, study_of
 from ._on_screen import on_screen
 
 # plane -> (dims order: slider axis first, then the two displayed axes; 2-D camera orientation)
@@ -67,13 +67,13 @@ def mid_study(viewer, study: Study) -> None:
 
 
 def scan_layers(viewer, study: Study | None = None, kind: str = "scan") -> list:
-    """Layers of ``kind`` in the viewer (of ``study`` when given), in layer-list order."""
+    """Layers of ``kind`` in the viewer (of ``study`` when given), in the study's scan order."""
     out = []
     for layer in viewer.layers:
         md = getattr(layer, "metadata", {}) or {}
         if md.get(KIND_KEY) == kind and (study is None or md.get(STUDY_KEY) is study):
             out.append(layer)
-    return out
+    return sorted(out, key=lambda x: (x.metadata or {}).get(SCAN_KEY, len(out)))
 
 
 def open_study(viewer) -> Study | None:

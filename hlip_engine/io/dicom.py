@@ -114,8 +114,10 @@ def load_dicom_study(path: str | Path | StudyRef, *, study_uid: str | None = Non
         by_study = {study_uid: by_study[study_uid]}
     if not by_study:
         detail = "; ".join(f"{Path(f).name}: {why}" for f, why in problems[:3])
-        raise StudyLoadError(f"{source}: no DICOM study found ({len(problems)} unreadable or non-DICOM files"
-                             + (f", e.g. {detail}" if detail else "") + ")")
+        found = [f"{len(problems)} unreadable or non-DICOM files" + (f", e.g. {detail}" if detail else "")]
+        if orphans:  # DICOM files whose header ends before the study's identity (cut short), or lacks it
+            found.insert(0, f"{len(orphans)} DICOM files without a Study Instance UID (header cut short?)")
+        raise StudyLoadError(f"{source}: no DICOM study found ({'; '.join(found)})")
     if len(by_study) > 1:
         refs = refs_from_headers([h for hs in by_study.values() for h in hs], source)
         listing = "\n".join(f"  - {r.uid}  {r.date or '?'}  {r.modality}  {r.description!r}  "

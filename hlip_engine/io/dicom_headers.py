@@ -161,7 +161,8 @@ def walk_files(root: str | Path, problems: list[tuple[str, str]]) -> Iterator[st
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            problems.append((folder, f"cannot list folder: {e.strerror or e}"))
+            why = "no permission to list it" if isinstance(e, PermissionError) else f"cannot list folder: {e.strerror or e}"
+            problems.append((folder, why))
             continue
         subfolders = []
         for entry in entries:
@@ -476,8 +477,8 @@ def read_headers(paths, problems: list[tuple[str, str]], progress: bool = False,
             out.append(read_header(path, discovery))
         except NotDicom as e:
             problems.append((path, str(e)))
-        except PermissionError as e:
-            problems.append((path, f"permission denied: {e.strerror or e}"))
+        except PermissionError:
+            problems.append((path, "no permission to read it"))
         except OSError as e:
             problems.append((path, f"cannot read file: {e.strerror or e}"))
         except Exception as e:  # pydicom raises many kinds on corrupt headers

@@ -45,7 +45,8 @@ def copy_layer(layer):
 def plane_layers(layers, plane: str) -> list:
     """Which scan each plane shows: the series acquired in that plane if the study has one, else the one on
     screen (the first visible scan). Relevance overlays follow their scan."""
-    scans = [layer for layer in layers if layer.metadata.get(KIND_KEY) == "scan"]
+    scans = sorted((layer for layer in layers if layer.metadata.get(KIND_KEY) == "scan"),
+                   key=lambda layer: layer.metadata.get(SCAN_KEY, 0))
     if not scans:
         return []
     native = [layer for layer in scans if layer.metadata.get("orientation") == plane]

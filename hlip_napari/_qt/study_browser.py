@@ -229,7 +229,8 @@ class StudyBrowser(QWidget):
         """Load the study at ``path`` in a worker, then add its scans as layers."""
         self.title.setText(f"Opening {path} …")
         return self.job.start(load_study_job, str(path), steps=1, on_done=lambda s: self._loaded(s, path),
-                              on_error=lambda e: self.screen.fail(f"Could not open {path}: {e}"))
+                              on_error=lambda e: self.screen.fail(str(e) if str(path) in str(e)
+                                                                  else f"Could not open {path}: {e}"))
 
     def _opening_stopped(self, why: str = "Opening cancelled.") -> None:
         """Say why nothing new opened, above the study still shown (if any)."""

@@ -1,5 +1,4 @@
 """Bad input never crashes the loader: the good series load, every bad item is named with its reason."""
-import errno
 import os
 
 import numpy as np
@@ -7,6 +6,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from permissions import as_another_user, lock, remove, world_traversable_dir
 from pydicom.data import get_testdata_file
 
 from hlip_engine import Scan, StudyLoadError, discover, load_study
@@ -111,31 +111,28 @@ def test_empty_and_missing_folders_raise_a_clear_error(tmp_path):
     assert discover(tmp_path) == []
 
 
-def test_unreadable_file_and_folder_are_reported(tmp_path, monkeypatch):
-    """We run as root, so permissions are simulated at the OS call the loader makes; the rest is real."""
-    vox, paths = _good_series(tmp_path / "ct")
-    _good_series(tmp_path / "locked", series_number=5)
-    denied_file = str(paths[0])
-    real_open, real_scandir = os.open, os.scandir
-
-    def guarded_open(path, *args, **kwargs):
-        if str(path) == denied_file:
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        return real_open(path, *args, **kwargs)
-
-    def guarded_scandir(path="."):
-        if str(path).endswith("locked"):
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "open", guarded_open)
-    monkeypatch.setattr(os, "scandir", guarded_scandir)
-    study = load_study(tmp_path)
-    reasons = dict(study.skipped)
-    assert reasons[denied_file].startswith("permission denied")
-    assert reasons[str(tmp_path / "locked")].startswith("cannot list folder")
-    (scan,) = study.scans
-    np.testing.assert_array_equal(scan.voxels, vox[1:])
+def test_unreadable_file_and_folder_are_reported():
+    """Real permissions (the block runs as another user, see tests/permissions.py): a file and a series folder
+    without read rights are skipped with the reason; the readable slices load."""
+    root = world_traversable_dir()
+    try:
+        vox, paths = _good_series(root / "ct")
+        _good_series(root / "locked", series_number=5)
+        for p in (root / "ct").iterdir():
+            p.chmod(0o644)
+        lock(paths[0])
+        lock(root / "locked")
+        with as_another_user():
+            study = load_study(root)
+        reasons = dict(study.skipped)
+        assert reasons[str(paths[0])] == "no permission to read it"
+        assert reasons[str(root / "locked")] == "no permission to list it"
+        (scan,) = study.scans
+        np.testing.assert_array_equal(scan.voxels, vox[1:])
+        with as_another_user(), pytest.raises(StudyLoadError, match="no permission to list it"):
+            load_study(root / "locked")
+    finally:
+        remove(root)
 
 
 def test_symlink_loops_end_and_duplicates_are_not_stacked_twice(tmp_path):

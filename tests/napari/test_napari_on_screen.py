@@ -3,6 +3,7 @@ another study's results or act on its layers, and a model-based test (hypothesis
 through random reading sequences and checks the invariants after every step."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -17,7 +18,9 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from napari_helpers import axial_scan, head_volume, sagittal_of, use_model, write_two_plane_study
+from napari_helpers import STUDY_UID, axial_scan, head_volume, sagittal_of, use_model, write_two_plane_study
+from pacs_server import PASSWORD, USER, Orthanc, dicom_files
+from permissions import as_another_user, lock, remove, world_traversable_dir
 
 from hlip_engine.io import write_dicom_series
 from hlip_napari._launch import dock_widgets
@@ -54,8 +57,10 @@ def write_ct_study(folder, uid=CT2_UID):
     return folder
 
 
-def write_bad_folders(root):
-    """Folders a reader meets that hold no readable study: empty, non-DICOM, truncated DICOM files."""
+def write_bad_folders(root, private):
+    """Folders a reader meets that hold no readable study: empty, non-DICOM, truncated DICOM files, and (under
+    ``private``, a folder others may enter) DICOM files the reader has no permission to read, a study folder
+    it may not list."""
     empty = root / "empty"
     empty.mkdir(parents=True)
     other = root / "notes"
@@ -67,15 +72,47 @@ def write_bad_folders(root):
     truncated.mkdir()
     for i, f in enumerate(sorted((good / "ax").iterdir())):
         (truncated / f"IM{i:04d}.dcm").write_bytes(f.read_bytes()[:400])  # header cut, no pixels
-    return {"empty": empty, "non-DICOM": other, "truncated": truncated}
+    unreadable = private / "no_read_rights"
+    locked = private / "no_list_rights"
+    for folder in (unreadable, locked):
+        (folder / "ax").mkdir(parents=True)
+        for f in sorted((good / "ax").iterdir()):
+            (folder / "ax" / f.name).write_bytes(f.read_bytes())
+            if folder is unreadable:
+                lock(folder / "ax" / f.name)
+    lock(locked)
+    return {"empty": empty, "non-DICOM": other, "truncated": truncated, "unreadable files": unreadable,
+            "locked folder": locked}
+
+
+PERMISSIONS = ("unreadable files", "locked folder")  # opened as a user without rights to them
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("on_screen")
+    private = world_traversable_dir()
     ct, _marker, _ax = write_two_plane_study(root / "ct_head")
-    return {"ct": ct, "mr": write_mr_study(root / "mr_brain"), "ct2": write_ct_study(root / "ct_head_2"),
-            **write_bad_folders(root / "bad")}
+    try:
+        yield {"ct": ct, "mr": write_mr_study(root / "mr_brain"), "ct2": write_ct_study(root / "ct_head_2"),
+               **write_bad_folders(root / "bad", private)}
+    finally:
+        remove(private)
+
+
+UIDS = {"ct": STUDY_UID, "mr": MR_UID, "ct2": CT2_UID}
+
+
+@pytest.fixture(scope="module")
+def pacs_with_the_studies(folders, tmp_path_factory):
+    """A real Orthanc (DIMSE + DICOMweb) holding the three good studies, for the PACS-retrieve route."""
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    try:
+        for name in UIDS:
+            server.upload(dicom_files(folders[name]))
+        yield server
+    finally:
+        server.stop()
 
 
 def file_open_reader(path) -> str:
@@ -185,22 +222,30 @@ def test_a_result_for_a_study_no_longer_on_screen_is_dropped(folders, tiny_check
     assert not scan_layers(viewer, kind="relevance")
 
 
-@pytest.mark.parametrize("bad", ["empty", "non-DICOM", "truncated"])
+WHY = {"empty": "no study here", "non-DICOM": "no study here", "truncated": "header cut short",
+       "unreadable files": "no permission to read it", "locked folder": "no permission to"}
+
+
+@pytest.mark.parametrize("bad", ["empty", "non-DICOM", "truncated", *PERMISSIONS])
 def test_a_folder_that_cannot_be_read_leaves_the_study_on_screen(bad, folders, make_napari_viewer, qtbot):
     """By ``viewer.open`` (File > Open's reader) and by the Study browser: the study on screen stays, the
-    browser says why in words, and napari's reader chooser never shows (no exception reaches napari)."""
+    browser says why in words, and napari's reader chooser never shows (no exception reaches napari). The
+    permission cases are opened as a user without rights to those files (tests/permissions.py)."""
     viewer = make_napari_viewer()
     browser = dock_widgets(viewer, ("Study browser",))["Study browser"]
     viewer.open(str(folders["ct"]), plugin="hlip-napari")
     study, layers = on_screen(viewer).study, list(viewer.layers)
-    viewer.open(str(folders[bad]), plugin=file_open_reader(folders[bad]))
-    assert on_screen(viewer).study is study and list(viewer.layers) == layers
-    assert str(folders[bad]) in browser.title.text()
-    browser.open_path(str(folders[bad]))
-    qtbot.waitUntil(lambda: not browser.job.running, timeout=30_000)
-    _settle(qtbot)
+    reader = file_open_reader(folders[bad])
+    with as_another_user() if bad in PERMISSIONS else contextlib.nullcontext():
+        viewer.open(str(folders[bad]), plugin=reader)
+        assert on_screen(viewer).study is study and list(viewer.layers) == layers
+        assert str(folders[bad]) in browser.title.text() and WHY[bad] in browser.title.text()
+        browser.open_path(str(folders[bad]))
+        qtbot.waitUntil(lambda: not browser.job.running, timeout=30_000)
+        _settle(qtbot)
     assert on_screen(viewer).study is study and list(viewer.layers) == layers
     assert str(folders[bad]) in browser.title.text() and browser.table.rowCount() == len(study.scans)
+    assert WHY[bad] in browser.title.text(), browser.title.text()
 
 
 def test_the_next_study_opens_mid_study_not_where_the_last_one_was(folders, make_napari_viewer):
@@ -213,6 +258,9 @@ def test_the_next_study_opens_mid_study_not_where_the_last_one_was(folders, make
     lo, hi = np.asarray(layer.extent.world, dtype=float)
     assert np.allclose(np.asarray(viewer.dims.point)[0], (lo[0] + hi[0]) / 2, atol=abs(hi[0] - lo[0]) / 10 + 3)
     assert study_label(study) in str(viewer.status)  # the status bar names the study on screen, not the MR
+    # the shown (first) scan is napari's active layer and tops its layer list, the others below in series order
+    assert viewer.layers.selection.active is layer and layer.visible
+    assert list(viewer.layers)[::-1] == scan_layers(viewer, study)
 
 
 def test_no_warm_up_thread_and_no_process_wide_switch(make_napari_viewer):
@@ -248,19 +296,25 @@ SEQUENCES = int(os.environ.get("HLIP_READING_SEQUENCES", "40"))  # CI: 40 sequen
 STEPS = 15
 
 
-def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folders, tiny_checkpoint,
-                                                                           make_napari_viewer, qtbot):
-    """A reader's random sequences (open by four routes, bad folders, 3-up, compare, zero-shot, relevance,
-    peak, cancel, scroll, window): after every step every visible layer is the study on screen's (the
+def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folders, pacs_with_the_studies,
+                                                                           tiny_checkpoint, make_napari_viewer,
+                                                                           qtbot, monkeypatch):
+    """A reader's random sequences (open by five routes, a PACS retrieve among them; bad folders, unreadable
+    ones among them; 3-up, compare, zero-shot, relevance, peak, cancel, scroll, window): after every step every visible layer is the study on screen's (the
     labelled compare canvas aside), every widget names that study or is empty, each 3-up plane shows a
     slice inside it, the peak button is off or lands on it, a failed open keeps the study and says why, and
     no exception reaches napari. Hypothesis prints the failing sequence and its seed."""
     from napari.utils.notifications import ErrorNotification, notification_manager
 
     use_model(tiny_checkpoint)
+    monkeypatch.setenv("HLIP_PACS_USERNAME", USER)
+    monkeypatch.setenv("HLIP_PACS_PASSWORD", PASSWORD)
     viewer = make_napari_viewer(show=True)
-    docks = dock_widgets(viewer, ("Study browser", "Zero-shot prompts", "Relevance map"))
-    browser, zw, rw = docks["Study browser"], docks["Zero-shot prompts"], docks["Relevance map"]
+    docks = dock_widgets(viewer, ("Study browser", "Zero-shot prompts", "Relevance map", "PACS"))
+    browser, zw, rw, pacs = (docks[k] for k in ("Study browser", "Zero-shot prompts", "Relevance map", "PACS"))
+    pacs.node.setCurrentText(pacs_with_the_studies.dimse_url)
+    pacs.search()
+    qtbot.waitUntil(lambda: {r["study_uid"] for r in pacs.rows} >= set(UIDS.values()), timeout=30_000)
     screen = on_screen(viewer)
     errors: list[str] = []
 
@@ -270,6 +324,7 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
 
     notification_manager.notification_ready.connect(noted)
     good = ("ct", "mr", "ct2")
+    tally: dict[str, int] = {}  # how often each route and each bad folder was taken
 
     class Reader(RuleBasedStateMachine):
         def __init__(self):
@@ -279,10 +334,17 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
 
         # --- opening ---------------------------------------------------------------------------------
         @rule(name=st.sampled_from(good), route=st.sampled_from(["viewer.open", "file-open", "browser",
-                                                                 "search-hit"]))
+                                                                 "search-hit", "pacs"]))
         def open_study(self, name, route):
+            tally[route] = tally.get(route, 0) + 1
             path = str(folders[name])
-            if route == "viewer.open":
+            if route == "pacs":  # retrieved from the PACS into the cache, then opened by the Study browser
+                pacs.retrieve([r["study_uid"] for r in pacs.rows].index(UIDS[name]))
+                qtbot.waitUntil(lambda: not pacs.retrieve_job.running, timeout=60_000)
+                qtbot.waitUntil(lambda: not browser.job.running, timeout=30_000)
+                path = pacs.opened_path
+                assert path, pacs.status.text()
+            elif route == "viewer.open":
                 viewer.open(path, plugin="hlip-napari")
             elif route == "file-open":
                 viewer.open(path, plugin=file_open_reader(path))
@@ -295,7 +357,7 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
                 docks_search = dock_widgets(viewer, ("Search studies",))["Search studies"]
                 docks_search._opened(load_studies(path), path)
             _settle(qtbot)
-            if browser.compare.isChecked() and screen.prior is not None and route == "browser":
+            if browser.compare.isChecked() and screen.prior is not None and route in ("browser", "pacs"):
                 # compare mode: the browser opened it beside the study on screen, and says whose header it shows
                 assert path in screen.prior.source and "Opening" not in browser.title.text()
                 self.expect_failure = None
@@ -303,16 +365,21 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
             assert screen.study is not None and path in screen.study.source
             self.expect_failure = None
 
-        @rule(name=st.sampled_from(["empty", "non-DICOM", "truncated"]), route=st.sampled_from(["viewer.open",
-                                                                                             "browser"]))
+        @rule(name=st.sampled_from(["empty", "non-DICOM", "truncated", *PERMISSIONS]),
+              route=st.sampled_from(["viewer.open", "browser"]))
         def open_bad_folder(self, name, route):
+            tally[name] = tally.get(name, 0) + 1
             before, path = screen.study, str(folders[name])
-            if route == "viewer.open":
-                viewer.open(path, plugin=file_open_reader(path))
-            else:
-                browser.open_path(path)
-                qtbot.waitUntil(lambda: not browser.job.running, timeout=30_000)
-            _settle(qtbot)
+            if name in PERMISSIONS:
+                _wait_jobs(qtbot, rw, zw)  # only the open runs without rights (the model's files stay readable)
+            reader = file_open_reader(path)
+            with as_another_user() if name in PERMISSIONS else contextlib.nullcontext():
+                if route == "viewer.open":
+                    viewer.open(path, plugin=reader)
+                else:
+                    browser.open_path(path)
+                    qtbot.waitUntil(lambda: not browser.job.running, timeout=30_000)
+                _settle(qtbot)
             assert screen.study is before
             self.expect_failure = path
 
@@ -421,28 +488,73 @@ def test_random_reading_sequences_keep_every_widget_on_the_study_on_screen(folde
             suppress_health_check=list(HealthCheck)))
     finally:
         notification_manager.notification_ready.disconnect(noted)
+        print(f"\nreading sequences: {SEQUENCES} x {STEPS} steps; opened by route / bad folder: {tally}")
         compare = getattr(browser, "_compare", None)
         if compare is not None:  # the compare canvas is napari's QtViewer too: closed before the viewer
             compare.close_canvases()
+    if SEQUENCES >= 40:  # CI's budget: every route and every kind of bad folder was taken
+        routes = {"viewer.open", "file-open", "browser", "search-hit", "pacs"}
+        assert routes | {"empty", "non-DICOM", "truncated", *PERMISSIONS} <= set(tally), tally
 
 
 def test_an_empty_viewer_says_how_to_open_a_study(folders, make_napari_viewer):
     """With the plugin docked and nothing open, the corner says how to open a study and the edges show the
     axial hanging a study opens in; a study replaces that; closing it brings the hint back; a viewer holding
-    someone else's image gets no plugin text over it."""
-    from hlip_napari._reading import NO_STUDY_TEXT
+    someone else's image gets no plugin text over it. The bottom-left legend (the PACS mouse, the CT windows)
+    shows only while no study is open; the scale bar only while one is."""
+    from hlip_engine.windows import window_presets
+    from hlip_napari._reading import NO_STUDY_TEXT, legend_text
 
     viewer = make_napari_viewer()
     dock_widgets(viewer, ("Study browser",))
     overlays = viewer.canvas.overlays
-    assert overlays["hlip_info"].text == NO_STUDY_TEXT
+    assert overlays["hlip_info"].text == NO_STUDY_TEXT and overlays["hlip_legend"].text == legend_text()
+    brain, lung = window_presets()["Brain"], window_presets()["Lung"]
+    assert "wheel = next image" in legend_text() and f"Brain {brain['width']:.0f}/{brain['level']:.0f}" in \
+        legend_text() and f"Lung {lung['width']:.0f}/{lung['level']:.0f}" in legend_text()
     assert (overlays["hlip_top"].text, overlays["hlip_left"].text) == ("A", "R")
     viewer.open(str(folders["ct"]), plugin="hlip-napari")
     assert overlays["hlip_info"].text.startswith(study_label(on_screen(viewer).study))
+    assert overlays["hlip_legend"].text == "" and overlays["scale_bar"].visible
     viewer.layers.clear()
     assert on_screen(viewer).study is None and overlays["hlip_info"].text == NO_STUDY_TEXT
+    assert overlays["hlip_legend"].text == legend_text() and not overlays["scale_bar"].visible
     viewer.add_image(np.zeros((4, 4), np.float32), name="someone else's")
     assert overlays["hlip_info"].text == "" and overlays["hlip_top"].text == ""
+    assert overlays["hlip_legend"].text == "" and not overlays["scale_bar"].visible
+
+
+@pytest.mark.parametrize("route", ["viewer.open", "show_study"])
+def test_the_corner_never_names_the_closed_study_over_the_next_one(route, folders, make_napari_viewer):
+    """While the next study's layers come in (napari paints then: a new slider, the layer controls), the
+    corner texts are blank, never the closed study's patient over the new images; once it is on screen they
+    name it."""
+    from hlip_napari._show import show_study
+
+    viewer = make_napari_viewer()
+    dock_widgets(viewer, ("Study browser",))
+    viewer.open(str(folders["mr"]), plugin="hlip-napari")
+    closed = on_screen(viewer).study
+    info = viewer.canvas.overlays["hlip_info"]
+    seen = []
+
+    def inserted(event):  # a layer of the next study is in, before that study is on screen
+        if study_of(event.value) not in (closed, on_screen(viewer).study):
+            seen.append((info.text, viewer.canvas.overlays["scale_bar"].visible))
+
+    viewer.layers.events.inserted.connect(inserted)
+    info.events.text.connect(lambda e: seen.append((info.text, None)) if on_screen(viewer).switching else None)
+    if route == "viewer.open":
+        viewer.open(str(folders["ct"]), plugin="hlip-napari")
+    else:
+        from hlip_engine import load_study
+
+        show_study(viewer, [load_study(str(folders["ct"]))])
+    assert seen  # a scan came in before the switch ended
+    assert all(text == "" for text, _bar in seen), seen
+    assert all(bar is not True for _text, bar in seen), seen
+    assert info.text.startswith(study_label(on_screen(viewer).study)) and "CT" in info.text
+    assert viewer.canvas.overlays["scale_bar"].visible
 
 
 def test_a_study_opened_beside_for_comparison_leaves_the_browser_naming_the_study_on_screen(

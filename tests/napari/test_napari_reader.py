@@ -57,7 +57,9 @@ def test_two_orientation_study_lands_in_the_same_place(tmp_path, make_napari_vie
     assert sag.metadata["modality"] == "CT" and sag.metadata["series_number"] == 3
     assert sag.metadata["series_description"] == "HEAD SAG" and sag.name == "2024-01-02 CT · 3 HEAD SAG"
     assert all(layer.metadata["study_uid"] and layer.metadata["series_uid"] for layer in layers)
-    assert [layer.visible for layer in layers] == [True, False]  # one scan at a time: they overlap
+    # one scan at a time (they overlap); last scan first, so napari's layer list (last added on top) reads in
+    # series order and the shown first scan, added last, is napari's active layer
+    assert [(layer.metadata["hlip_scan"], layer.visible) for layer in layers] == [(1, False), (0, True)]
 
 
 def test_layer_view_of_oblique_scan_keeps_exact_world_positions():

@@ -209,17 +209,9 @@ def test_a_study_whose_folder_is_gone_is_a_404_saying_so(moved_server):
 
 
 def _pacs_helpers():
-    import importlib.util
-    import sys
+    import pacs_server  # tests/pacs_server.py: the real Orthanc the PACS tests use
 
-    name = "hlip_pacs_test_server"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "pacs" / "pacs_server.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+    return pacs_server
 
 
 @pytest.mark.skipif(shutil.which("Orthanc") is None, reason="needs Orthanc (the PACS tests' real PACS)")
