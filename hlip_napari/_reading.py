@@ -27,21 +27,20 @@ NARROW_PX = 520  # a canvas narrower than this gets the small corner texts
 WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
 NO_STUDY_TEXT = "No study open\nFile ▸ Open a study folder,\nor the Study browser"
-LEGEND_WINDOWS = (("Brain", "Subdural", "Stroke"), ("Bone", "Lung", "Mediastinum"))  # two lines of W/L presets
+LEGEND_WINDOWS = ("Brain", "Subdural", "Stroke", "Bone", "Lung", "Liver")  # the CT presets the legend lists
+LEGEND_LINE = 24  # characters: the legend stays left of the bottom orientation letter on a narrow canvas
 CORNERS = (("info", "top_left"), ("legend", "bottom_left"), *EDGES.items())
 
 
 def legend_text() -> str:
-    """What an empty viewer shows at the bottom left: the PACS mouse (it is not napari's own) and the CT
-    windows of the Study browser's window box (W/L in HU), as a reader's quick reference."""
+    """What an empty viewer shows at the bottom left: the PACS mouse (it is not napari's own) and CT windows
+    of the Study browser's window box (W/L in HU), as a reader's quick reference; short lines."""
     from hlip_engine.windows import window_presets
 
     presets = window_presets()
-    lines = ["Mouse: wheel = next image · Ctrl+wheel = zoom", "left drag = window · Shift+drag = pan",
-             "CT windows W/L:"]
-    for names in LEGEND_WINDOWS:
-        lines.append(" · ".join(f"{n} {presets[n]['width']:.0f}/{presets[n]['level']:.0f}" for n in names
-                                if n in presets))
+    lines = ["Mouse: wheel = next image", "Ctrl+wheel = zoom", "left drag = window", "Shift+drag = pan",
+             "CT windows (W/L):"]
+    lines += [f"{n} {presets[n]['width']:.0f}/{presets[n]['level']:.0f}" for n in LEGEND_WINDOWS if n in presets]
     return "\n".join(lines)
 
 _READINGS: dict[int, tuple[weakref.ref, Reading]] = {}

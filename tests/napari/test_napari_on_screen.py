@@ -503,7 +503,7 @@ def test_an_empty_viewer_says_how_to_open_a_study(folders, make_napari_viewer):
     someone else's image gets no plugin text over it. The bottom-left legend (the PACS mouse, the CT windows)
     shows only while no study is open; the scale bar only while one is."""
     from hlip_engine.windows import window_presets
-    from hlip_napari._reading import NO_STUDY_TEXT, legend_text
+    from hlip_napari._reading import LEGEND_LINE, NO_STUDY_TEXT, legend_text
 
     viewer = make_napari_viewer()
     dock_widgets(viewer, ("Study browser",))
@@ -512,6 +512,7 @@ def test_an_empty_viewer_says_how_to_open_a_study(folders, make_napari_viewer):
     brain, lung = window_presets()["Brain"], window_presets()["Lung"]
     assert "wheel = next image" in legend_text() and f"Brain {brain['width']:.0f}/{brain['level']:.0f}" in \
         legend_text() and f"Lung {lung['width']:.0f}/{lung['level']:.0f}" in legend_text()
+    assert max(len(line) for line in legend_text().splitlines()) <= LEGEND_LINE  # clear of the letter "P"
     assert (overlays["hlip_top"].text, overlays["hlip_left"].text) == ("A", "R")
     viewer.open(str(folders["ct"]), plugin="hlip-napari")
     assert overlays["hlip_info"].text.startswith(study_label(on_screen(viewer).study))
