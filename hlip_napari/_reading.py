@@ -28,7 +28,7 @@ WL_RATE = 1 / 250  # fraction of the window width per pixel dragged
 OVERLAY_PREFIX = "hlip_"
 NO_STUDY_TEXT = "No study open\nFile ▸ Open a study folder,\nor the Study browser"
 LEGEND_WINDOWS = ("Brain", "Subdural", "Stroke", "Bone", "Lung", "Liver")  # the CT presets the legend lists
-LEGEND_LINE = 24  # characters: the legend stays left of the bottom orientation letter on a narrow canvas
+LEGEND_LINE = 26  # characters: the legend stays left of the bottom orientation letter on a narrow canvas
 CORNERS = (("info", "top_left"), ("legend", "bottom_left"), *EDGES.items())
 
 
