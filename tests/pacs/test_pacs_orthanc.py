@@ -187,6 +187,36 @@ def test_unregistered_calling_ae_cannot_retrieve(orthanc, library, tmp_path):
     assert cache.studies() == [] and not cache.study_dir(library["phantoms"][0]["uid"]).exists()
 
 
+def test_c_get_of_a_sop_class_we_do_not_accept_fails_at_once_and_keeps_nothing(tmp_path):
+    """A series whose SOP class is none of the storage contexts we propose (here ophthalmic photography): the
+    PACS cannot send it on our association; the C-GET ends with the reason in seconds (it once looked stalled)
+    and nothing half-retrieved stays in the cache."""
+    from pacs_server import Orthanc
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    from hlip_engine.pacs.dimse import STORAGE_CLASSES
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+    assert ds.SOPClassUID not in STORAGE_CLASSES
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "eye.dcm")
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        server.upload([tmp_path / "eye.dcm"])
+        cache = StudyCache(tmp_path / "cache")
+        t0 = time.monotonic()
+        with pytest.raises(PacsError, match=r"C-GET of series .* failed .*1 sub-operations failed.*nothing of it"):
+            connect(server.dimse_url).retrieve(ds.StudyInstanceUID, cache)
+        assert time.monotonic() - t0 < 10
+        assert not cache.complete(ds.StudyInstanceUID)
+        assert not any(cache.study_dir(ds.StudyInstanceUID).rglob("*.dcm"))
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_node_that_is_down(protocol):
     from pacs_server import free_port
