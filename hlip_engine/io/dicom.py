@@ -116,7 +116,8 @@ def load_dicom_study(path: str | Path | StudyRef, *, study_uid: str | None = Non
         detail = "; ".join(f"{Path(f).name}: {why}" for f, why in problems[:3])
         found = [f"{len(problems)} unreadable or non-DICOM files" + (f", e.g. {detail}" if detail else "")]
         if orphans:  # DICOM files whose header ends before the study's identity (cut short), or lacks it
-            found.insert(0, f"{len(orphans)} DICOM files without a Study Instance UID (header cut short?)")
+            found = [f"{len(orphans)} DICOM files without a Study Instance UID (header cut short?)",
+                     *(found if problems else [])]
         raise StudyLoadError(f"{source}: no DICOM study found ({'; '.join(found)})")
     if len(by_study) > 1:
         refs = refs_from_headers([h for hs in by_study.values() for h in hs], source)
