@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine
 from .errors import ClientError
-from .uploads import ZIP_TYPES, UploadFolder, receive_body
+from .uploads import ZIP_TYPES, UploadFolder, discard_body, receive_body
 
 log = logging.getLogger("hlip.serve")
 MAX_JSON_BYTES = 1 << 20
@@ -108,6 +108,7 @@ def create_app(engine: Engine) -> FastAPI:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            await discard_body(request, engine.config.max_upload_bytes)
             raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
                               headers={"WWW-Authenticate": "Bearer"})
 
@@ -140,6 +141,7 @@ def create_app(engine: Engine) -> FastAPI:
                 folder.cleanup()
                 raise
             return "upload", folder
+        await discard_body(request, engine.config.max_upload_bytes)  # the client reads why, not a broken pipe
         raise ClientError(415, f"send the study as application/zip or JSON {{\"study_uid\": ...}}, "
                                f"not {kind or 'no Content-Type'}")
 

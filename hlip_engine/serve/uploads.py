@@ -66,6 +66,23 @@ async def receive_body(chunks: AsyncIterator[bytes], target: Path, limit_bytes: 
     return size
 
 
+async def discard_body(request, limit_bytes: int) -> None:
+    """Read and drop the body of a request refused before its body was read (a wrong token, a wrong type).
+
+    A client sends the whole body before it reads the answer; closing on it mid-upload gives it a broken pipe
+    instead of the 401 that says why (what web servers call a lingering close). At most ``limit_bytes`` are
+    read: a body over the upload limit would be refused anyway, and the connection is then closed.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit_bytes):
+        return
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            return
+
+
 def _entry_target(root: Path, name: str) -> Path | None:
     """Where a zip entry may be written inside ``root``; None for entries to skip (folders, macOS junk)."""
     if "\x00" in name:

@@ -218,3 +218,21 @@ def test_oversized_uploads_are_413(http, server):
     r = http.post("/v1/embed", content=buf.getvalue(), headers={"Content-Type": "application/zip"})
     assert r.status_code == 413 and "unpacks to more than" in r.json()["detail"]
     assert_empty_uploads(server)
+
+
+def test_a_refused_upload_is_answered_not_cut_off(server):
+    """A client sends the whole body before it reads the answer (urllib, requests, curl without Expect): a 401
+    or 415 given before the body is read must still reach it, not a broken pipe (CI once saw one)."""
+    import urllib.error
+    import urllib.request
+
+    body = os.urandom(6 << 20)  # under the test server's 8 MB limit, many socket buffers long
+    cases = [({"Content-Type": "application/zip"}, 401, "token"),
+             ({"Content-Type": "application/zip", "Authorization": "Bearer wrong-token"}, 401, "token"),
+             ({"Content-Type": "text/plain", **server.headers()}, 415, "application/zip")]
+    for headers, status, word in cases * 3:
+        req = urllib.request.Request(server.url + "/v1/embed", data=body, headers=headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == status and word in json.loads(e.value.read())["detail"]
+    assert_empty_uploads(server)

@@ -76,6 +76,14 @@ def test_stow_rs_instances_are_indexed_scored_and_ranked(phantoms, tmp_path, lis
         partials = set((lp.index / "inbox").glob(".partial-*"))  # the listener's receiver processes'
         assert post(url + "/dicom-web/studies", body, boundary, token=None)[0] == 401
         assert post(url + "/dicom-web/studies", body, boundary, token="wrong")[0] == 401
+        # refused before the body is read, yet answered, not cut off mid-upload (a broken pipe once, in CI)
+        req = urllib.request.Request(url + "/dicom-web/studies", data=body, method="POST", headers={
+            "Content-Type": "application/zip", "Authorization": f"Bearer {TOKEN}"})
+        try:
+            urllib.request.urlopen(req, timeout=60)
+            raise AssertionError("a zip body was taken for STOW-RS")
+        except urllib.error.HTTPError as e:
+            assert e.code == 415 and "multipart/related" in json.loads(e.read())["detail"]
         status, answer = post(url + "/dicom-web/studies", body, boundary)
         assert status == 202, (status, answer)
         assert len(answer["00081199"]["Value"]) == len(blobs)
