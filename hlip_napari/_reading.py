@@ -10,6 +10,7 @@ own controls come back (wheel zooms, drag pans, Ctrl+wheel steps the world grid)
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import numpy as np
@@ -32,6 +33,7 @@ LEGEND_LINE = 26  # characters: the legend stays left of the bottom orientation 
 CORNERS = (("info", "top_left"), ("legend", "bottom_left"), *EDGES.items())
 
 
+@functools.cache
 def legend_text() -> str:
     """What an empty viewer shows at the bottom left: the PACS mouse (it is not napari's own) and CT windows
     of the Study browser's window box (W/L in HU), as a reader's quick reference; short lines."""

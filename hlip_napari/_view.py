@@ -68,11 +68,13 @@ def mid_study(viewer, study: Study) -> None:
 
 def scan_layers(viewer, study: Study | None = None, kind: str = "scan") -> list:
     """Layers of ``kind`` in the viewer (of ``study`` when given), in the study's scan order."""
-    out = []
-    for layer in viewer.layers:
-        md = getattr(layer, "metadata", {}) or {}
-        if md.get(KIND_KEY) == kind and (study is None or md.get(STUDY_KEY) is study):
-            out.append(layer)
+    return of_kind(viewer.layers, kind, study)
+
+
+def of_kind(layers, kind: str = "scan", study: Study | None = None) -> list:
+    """The ``layers`` of ``kind`` (of ``study`` when given) in the study's scan order, whatever the list's order."""
+    out = [layer for layer in layers if (md := getattr(layer, "metadata", {}) or {}).get(KIND_KEY) == kind
+           and (study is None or md.get(STUDY_KEY) is study)]
     return sorted(out, key=lambda x: (x.metadata or {}).get(SCAN_KEY, len(out)))
 
 

@@ -20,7 +20,7 @@ from .._layers import KIND_KEY, SCAN_KEY, STUDY_KEY, UNITS, study_label, study_o
 from .._on_screen import on_screen
 from .._reading import reading
 from .._show import relabel
-from .._view import PLANES, show_plane, unwrap
+from .._view import PLANES, of_kind, show_plane, unwrap
 from .jobs import follow, follow_layer
 
 SIDE_PLANES = ("coronal", "sagittal")
@@ -45,8 +45,7 @@ def copy_layer(layer):
 def plane_layers(layers, plane: str) -> list:
     """Which scan each plane shows: the series acquired in that plane if the study has one, else the one on
     screen (the first visible scan). Relevance overlays follow their scan."""
-    scans = sorted((layer for layer in layers if layer.metadata.get(KIND_KEY) == "scan"),
-                   key=lambda layer: layer.metadata.get(SCAN_KEY, 0))
+    scans = of_kind(layers, "scan")
     if not scans:
         return []
     native = [layer for layer in scans if layer.metadata.get("orientation") == plane]
