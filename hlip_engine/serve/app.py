@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine
 from .errors import ClientError
-from .uploads import ZIP_TYPES, UploadFolder, discard_body, receive_body
+from .uploads import ZIP_TYPES, AnswerBeforeClose, UploadFolder, receive_body
 
 log = logging.getLogger("hlip.serve")
 MAX_JSON_BYTES = 1 << 20
@@ -102,13 +102,13 @@ def create_app(engine: Engine) -> FastAPI:
                   description="Search, zero-shot classification, relevance maps and embeddings of 3-D studies "
                               "(research use only, not for diagnosis).")
     app.state.engine = engine
+    app.add_middleware(AnswerBeforeClose, limit_bytes=engine.config.max_upload_bytes)  # 401s reach uploaders
     token = engine.config.token.encode()
 
     async def require_token(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-            await discard_body(request, engine.config.max_upload_bytes)
             raise ClientError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
                               headers={"WWW-Authenticate": "Bearer"})
 
@@ -141,7 +141,6 @@ def create_app(engine: Engine) -> FastAPI:
                 folder.cleanup()
                 raise
             return "upload", folder
-        await discard_body(request, engine.config.max_upload_bytes)  # the client reads why, not a broken pipe
         raise ClientError(415, f"send the study as application/zip or JSON {{\"study_uid\": ...}}, "
                                f"not {kind or 'no Content-Type'}")
 

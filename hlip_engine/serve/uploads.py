@@ -66,21 +66,43 @@ async def receive_body(chunks: AsyncIterator[bytes], target: Path, limit_bytes: 
     return size
 
 
-async def discard_body(request, limit_bytes: int) -> None:
-    """Read and drop the body of a request refused before its body was read (a wrong token, a wrong type).
+class AnswerBeforeClose:
+    """ASGI middleware: a 4xx given before the request's body was read (a wrong token, a wrong type) first
+    reads and drops the rest of the body, up to ``limit_bytes``.
 
-    A client sends the whole body before it reads the answer; closing on it mid-upload gives it a broken pipe
-    instead of the 401 that says why (what web servers call a lingering close). At most ``limit_bytes`` are
-    read: a body over the upload limit would be refused anyway, and the connection is then closed.
+    A client sends the whole body before it reads the answer (urllib, requests, curl); a server that answers
+    and closes mid-upload gives it a broken pipe instead of the reason (web servers call this a lingering
+    close). A body over the limit (a 413) is not read: the connection is closed on it as before.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit_bytes):
-        return
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            return
+
+    def __init__(self, app, limit_bytes: int):
+        self.app, self.limit_bytes = app, int(limit_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_done = False
+
+        async def tracked_receive():
+            nonlocal body_done
+            message = await receive()
+            body_done = body_done or message["type"] == "http.disconnect" or not message.get("more_body", False)
+            return message
+
+        async def answer(message):
+            if (message["type"] == "http.response.start" and not body_done and 400 <= message["status"] < 500
+                    and message["status"] != 413 and self._declared(scope) <= self.limit_bytes):
+                size = 0
+                while not body_done and size <= self.limit_bytes:
+                    size += len((await tracked_receive()).get("body", b""))
+            await send(message)
+
+        await self.app(scope, tracked_receive, answer)
+
+    @staticmethod
+    def _declared(scope) -> int:
+        value = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        return int(value) if value.isdigit() else 1 << 62
 
 
 def _entry_target(root: Path, name: str) -> Path | None:

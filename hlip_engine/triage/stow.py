@@ -92,22 +92,18 @@ def add_stow_routes(app, auth, config) -> None:
     from fastapi.responses import JSONResponse
 
     from ..serve.errors import ClientError
-    from ..serve.uploads import UploadFolder, discard_body, receive_body
+    from ..serve.uploads import UploadFolder, receive_body
 
     async def stow(request: Request, study: str | None = None):
         kind = request.headers.get("content-type", "")
         m = BOUNDARY.search(kind)
-        refused = None
         if not kind.lower().startswith("multipart/related") or not m:
-            refused = ClientError(415, 'send instances as multipart/related; type="application/dicom" with a boundary')
-        elif study:
+            raise ClientError(415, 'send instances as multipart/related; type="application/dicom" with a boundary')
+        if study:
             try:
                 check_uid(study, "StudyInstanceUID")
             except ValueError as e:
-                refused = ClientError(400, str(e))
-        if refused:
-            await discard_body(request, config.max_upload_bytes)  # the client reads why, not a broken pipe
-            raise refused
+                raise ClientError(400, str(e)) from None
         folder = UploadFolder(config.tmp_dir)
         try:
             await receive_body(request.stream(), folder.zip_path, config.max_upload_bytes,
