@@ -103,22 +103,30 @@ def test_a_malformed_instance_is_refused_and_the_rest_kept(phantoms, tmp_path, l
 
 
 def test_kill_9_mid_association_then_the_senders_retry_completes_the_study(phantoms, tmp_path, listener_factory):
+    from pynetdicom import AE
+
     study = clone_study(sorted((phantoms["root"] / "base").glob("phantom_*"))[0], tmp_path / "mr", "kill")
-    total = len(list(study.rglob("*.dcm")))
+    datasets = [pydicom.dcmread(f) for f in sorted(study.rglob("*.dcm"))]
+    total, third = len(datasets), len(datasets) // 3
     uid = study_uid_of(study)
-    index, port = tmp_path / "lib.index", None
+    index = tmp_path / "lib.index"
     lp = listener_factory(quiet_s=3.0).start()
     port = lp.port
-    sender = threading.Thread(target=lambda: storescu(port, study, check=False))
-    sender.start()
-    inbox = index / "inbox" / uid
-    deadline = time.time() + 60
-    while time.time() < deadline and not (inbox.exists() and len(list(inbox.iterdir())) >= total // 3):
-        time.sleep(0.005)
+    # the sender stops after a third of the study, inside its association, so the kill lands mid-association
+    # whatever the machine's speed (storescu sent it all before the kill once, on a busy CI machine)
+    ae = AE(ae_title="SENDER")
+    for sop, syntax in sorted({(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}):
+        ae.add_requested_context(sop, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="HLIP")
+    assert assoc.is_established
+    assert [assoc.send_c_store(ds).Status for ds in datasets[:third]] == [0] * third
     lp.kill9()  # mid-association: some instances acknowledged, the rest never answered
-    sender.join(60)
-    kept = len(list(inbox.iterdir()))
-    assert 0 < kept < total
+    deadline = time.time() + 10
+    while assoc.is_established and time.time() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted  # the connection dropped: the rest of the study was never answered
+    inbox = index / "inbox" / uid
+    assert len(list(inbox.iterdir())) == third  # every acknowledged instance was kept
     again = listener_factory(quiet_s=3.0, index=index, port=port).start()
     time.sleep(1.0)  # within the quiet period: the partial study is not handed on
     assert not (index / "CURRENT").exists() and all(r["status"] == "received" for r in worklist_rows(index))
